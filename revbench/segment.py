@@ -58,7 +58,7 @@ def _col(mask):
     return None if mask is None else mask.unsqueeze(-1)
 
 
-class _Updater:
+class StateUpdater:
     """Applies one multiplicative-plus-additive update of a reversible cell's state part.
 
     known=None: the exact forward (quantise, multiply through the buffer, add).
@@ -107,7 +107,7 @@ class _Updater:
         return LayerState(tuple(self.ints), tuple(self.floats), bx)
 
 
-class _Undoer:
+class StateUndoer:
     """Undoes the updates of one reversible layer in reverse order (exact integers, no autograd)."""
 
     def __init__(self, seg, layer: int, ls: LayerState, mask):
@@ -211,7 +211,7 @@ class Segment:
             for l, (cell, ls) in enumerate(zip(self.model.cells, carry.layers)):
                 W = self.weight_leaves[l]
                 if cell.reversible:
-                    upd = _Updater(self, l, ls, mask, None if known is None else known.layers[l])
+                    upd = StateUpdater(self, l, ls, mask, None if known is None else known.layers[l])
                     cell.step(x, ls.floats, upd, W)
                     new = upd.result()
                     if upd.ideal is not None:
@@ -248,7 +248,7 @@ class Segment:
             if not cell.reversible:
                 raise ValueError(f"cell {self.model.cell_type!r} is not reversible")
             x = self._embed(t) if l == 0 else self._between(l - 1, cells[l - 1].output(carry.layers[l - 1].floats))
-            undo = _Undoer(self, l, ls, mask)
+            undo = StateUndoer(self, l, ls, mask)
             ints = cell.reverse(x, ls.ints, undo, self.weight_leaves[l], self.dtype)
             prev[l] = LayerState(ints, tuple(from_fixed(p, self.dtype) for p in ints), undo.bx)
         return Carry(tuple(prev))

@@ -577,3 +577,17 @@ def test_peak_figures_prefers_the_cuda_allocator():
     assert peak_figures(both) == {"peak_bytes": 512, "peak_bytes_meter": "cuda_allocator"}
     none = peak_figures({"cuda_peak_allocated_bytes": None, "cuda_peak_allocated_bytes_reason": "no CUDA device"})
     assert none["peak_bytes"] is None and "no CUDA device" in none["peak_bytes_reason"]
+
+
+def test_saved_bytes_is_a_peak_not_a_sum():
+    """Two graphs backpropagated one after the other: saved bytes of the first are freed before the second."""
+    n = 1 << 16
+    meter = SavedTensorsMeter()
+
+    def two_graphs():
+        for _ in range(2):
+            x = torch.ones(n, requires_grad=True)
+            torch.exp(x).sum().backward()       # exp saves its output: n * 4 bytes, freed by backward
+
+    figs = measure(two_graphs, [meter])
+    assert figs["saved_bytes"] == n * 4
