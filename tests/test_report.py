@@ -1,0 +1,248 @@
+"""revbench.report and `revbench report`: one self-contained HTML file with the expected sections and values."""
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from revbench import cli
+from revbench.report import (check_self_contained, dataframe_to_html_table, fmt_ratio, headline_table,
+                             pareto_optimal, render_report, summary_table)
+from revbench.results import load_benchmarks
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _load_builder():
+    path = Path(__file__).parent / "fixtures" / "benchjson.py"
+    spec = importlib.util.spec_from_file_location("revbench_test_benchjson", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+benchjson = _load_builder()
+SECTION_TITLES = ("Summary", "Activation memory against sequence length", "Time-memory frontier",
+                  "Memory-saving ratios per forgetting limit", "Buffer efficiency", "Independent memory meters",
+                  "Environment")
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    """The default fixture grid written to JSON, and its rendered report (rendered once per module)."""
+    d = tmp_path_factory.mktemp("report")
+    doc = benchjson.build_benchmark_json()
+    path = d / "bench.json"
+    path.write_text(json.dumps(doc))
+    out = render_report(path, d / "report.html", title="Fixture report <test>")
+    return doc, path, out, out.read_text(encoding="utf-8")
+
+
+def _images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_report_has_every_section_and_is_self_contained(sample):
+    doc, _, out, page = sample
+    assert out.exists()
+    for title in SECTION_TITLES:
+        assert f">{title}</h2>" in page, title
+    assert "Fixture report &lt;test&gt;" in page  # title escaped
+    assert "<script" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "http://" not in page and "https://" not in page
+    assert "<style>" in page and "<link" not in page.lower()
+    images = _images(page)
+    assert len(images) == 4  # memory, frontier, savings, efficiency
+    assert all(img.startswith(b"\x89PNG\r\n\x1a\n") and len(img) > 5000 for img in images)
+    assert page.count("How measured:") >= 5  # every figure caption plus the summary
+
+
+def test_summary_values_match_the_records(sample):
+    doc, path, _, page = sample
+    rev = next(b for b in doc["benchmarks"] if b["extra_info"]["method"] == "reversible"
+               and b["extra_info"]["max_forget_bits"] == 3 and b["extra_info"]["seq_len"] == 70)
+    bptt = next(b for b in doc["benchmarks"] if b["extra_info"]["method"] == "bptt"
+                and b["extra_info"]["config_id"] == rev["extra_info"]["config_id"])
+    rec = rev["extra_info"]
+    assert f"{rec['peak_bytes'] / 2**20:,.2f}" in page
+    assert fmt_ratio(rec["allocator_saving"]) in page
+    assert fmt_ratio(rec["saving_actual"]) in page
+    assert fmt_ratio(rec["saving_ideal"]) in page
+    assert f"{rev['stats']['median'] * 1e3:,.2f}" in page
+    assert fmt_ratio(rev["stats"]["median"] / bptt["stats"]["median"]) in page
+    assert rec["config_id"] in page
+
+    table = summary_table(load_benchmarks(path))
+    assert len(table) == len(doc["benchmarks"])
+    row = table[(table["config"] == rec["config_id"]) & (table["method"] == "reversible")].iloc[0]
+    assert row["time vs bptt (×)"] == pytest.approx(rev["stats"]["median"] / bptt["stats"]["median"])
+    assert row["forgetting limit"] == "3 bits"
+
+
+def test_unavailable_figures_are_na_with_reason(sample):
+    _, _, _, page = sample
+    assert 'title="no CUDA device (device=cpu)">n/a</td>' in page
+    assert 'title="NVML unavailable: no NVIDIA driver">n/a</td>' in page
+    assert "n/a in 120 of 120 benchmarks: no CUDA device (device=cpu)" in page
+
+
+def test_environment_section(sample):
+    doc, _, _, page = sample
+    env = page.split('id="environment"')[1]
+    assert doc["commit_info"]["id"] in env
+    assert "2.13.0+cpu" in env
+    assert "Synthetic CPU (test fixture)" in env
+    assert doc["datetime"] in env
+
+
+def test_forgetting_limit_none_is_shown_as_no_limit(sample):
+    _, path, _, page = sample
+    assert "reversible (no limit)" in page
+    head = headline_table(load_benchmarks(path))
+    assert set(head["method"]) >= {"bptt", "reversible (2 bits)", "reversible (no limit)"}
+    # bptt is the fastest method here, so it is Pareto-optimal in each setting
+    assert (head.loc[head["method"] == "bptt", "Pareto-optimal"] == "yes").all()
+
+
+def test_sections_without_data_become_a_note(tmp_path):
+    doc = benchjson.build_benchmark_json(methods=(("bptt", {}), ("checkpoint", {})), seq_lens=(35, 70))
+    out = render_report(_write(tmp_path, doc), tmp_path / "r.html")
+    page = out.read_text()
+    assert "No method with an information buffer" in page
+    assert "No benchmark reports both buffer_bits_actual and buffer_bits_ideal" in page
+    assert len(_images(page)) == 2
+
+
+def test_without_bptt_the_frontier_uses_absolute_values(tmp_path):
+    doc = benchjson.build_benchmark_json(methods=(("reversible", {}), ("checkpoint", {})), seq_lens=(35,))
+    page = render_report(_write(tmp_path, doc), tmp_path / "r.html").read_text()
+    assert "bptt was not measured on every configuration" in page
+    assert len(_images(page)) == 4
+
+
+def test_gpu_records_fill_the_cuda_columns(tmp_path):
+    doc = benchjson.build_benchmark_json(device="cuda:0", cells=("revlstm",), seq_lens=(35, 70))
+    df = load_benchmarks(_write(tmp_path, doc))
+    page = render_report(df, tmp_path / "r.html").read_text()
+    assert "no CUDA device" not in page
+    assert "CUDA caching allocator (torch.cuda.max_memory_allocated, exact)" in page  # peak meter named
+    first = doc["benchmarks"][0]["extra_info"]
+    assert f"{first['cuda_peak_reserved_bytes'] / 2**20:,.2f}" in page
+
+
+def test_extra_sections_are_added_and_checked(tmp_path, sample):
+    _, path, _, _ = sample
+    frag = "<table><tr><td>PTB perplexity 81.1</td></tr></table>"
+    page = render_report(path, tmp_path / "r.html", extra_sections=[("Table 1 (LM)", frag)]).read_text()
+    assert ">Table 1 (LM)</h2>" in page and frag in page and 'href="#table-1-lm"' in page
+    with pytest.raises(ValueError, match="script"):
+        render_report(path, tmp_path / "x.html", extra_sections=[("bad", "<script>alert(1)</script>")])
+    with pytest.raises(ValueError, match="external"):
+        render_report(path, tmp_path / "x.html", extra_sections=[("bad", '<img src="https://example.org/a.png">')])
+    with pytest.raises(ValueError, match="external"):
+        check_self_contained("<div style=\"background:url('//cdn.example.org/x.png')\"></div>")
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_failed_render_keeps_the_earlier_report(tmp_path, sample):
+    _, path, _, _ = sample
+    out = tmp_path / "r.html"
+    out.write_text("EARLIER REPORT")
+    with pytest.raises(ValueError):
+        render_report(path, out, extra_sections=[("bad", "<script></script>")])
+    assert out.read_text() == "EARLIER REPORT"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]  # no temp file left behind
+
+
+def test_third_party_deprecations_never_fail_a_render(tmp_path, sample):
+    _, path, _, _ = sample
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        out = render_report(path, tmp_path / "strict.html")
+    assert out.exists()
+
+
+def test_dataframe_to_html_table_escapes_and_marks_missing():
+    df = pd.DataFrame({"name": ["<b>x</b>", "y"], "peak (MiB)": [1.5, None]})
+    titles = pd.DataFrame({"peak (MiB)": [None, "meter off"]})
+    html = dataframe_to_html_table(df, formats={"peak (MiB)": "{:.2f}"}, titles=titles)
+    assert "&lt;b&gt;x&lt;/b&gt;" in html and "<b>x" not in html
+    assert '<td class="num">1.50</td>' in html
+    assert '<td class="na" title="meter off">n/a</td>' in html
+
+
+def test_pareto_optimal():
+    x = [1.0, 0.5, 0.2, 0.6, 0.1, float("nan")]
+    y = [1.0, 1.2, 2.0, 1.5, 2.0, 0.1]
+    assert list(pareto_optimal(x, y)) == [True, True, False, False, True, False]
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+def _write(tmp_path, data, name="bench.json") -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    return path
+
+
+def test_cli_report_writes_and_prints_the_path(tmp_path, capsys, sample):
+    _, path, _, _ = sample
+    out = tmp_path / "sub" / "report.html"
+    assert cli.main(["report", str(path), "-o", str(out), "--title", "CI run"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert "<title>CI run</title>" in out.read_text()
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"benchmarks": [{"name": "x", "stats": {}}]}', None])
+def test_cli_report_bad_input_exits_3_and_keeps_the_old_report(tmp_path, capsys, content):
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    out = tmp_path / "report.html"
+    out.write_text("EARLIER REPORT")
+    assert cli.main(["report", str(bad), "-o", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("revbench report: error: ") and str(bad) in err
+    assert out.read_text() == "EARLIER REPORT"
+
+
+def test_cli_report_malformed_input_prints_no_traceback(tmp_path):
+    bad = _write(tmp_path, "[1, 2")
+    proc = subprocess.run([sys.executable, "-m", "revbench.cli", "report", str(bad), "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert "Traceback" not in proc.stderr and "not valid JSON" in proc.stderr
+    assert not (tmp_path / "r.html").exists()
+
+
+# --- headless browser ------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser check needs /usr/bin/chromium")
+def test_report_renders_in_a_headless_browser(tmp_path, sample):
+    Image = pytest.importorskip("PIL.Image")
+    _, _, out, _ = sample
+    shot = tmp_path / "shot.png"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,3000",
+           out.resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HOME": str(tmp_path)})
+    assert shot.exists(), f"chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}"
+    assert shot.stat().st_size > 50_000
+    with Image.open(shot) as im:
+        assert im.size == (1400, 3000)
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 200  # text, tables and plots; a blank page has a handful
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
