@@ -46,11 +46,12 @@ class Carry:
         return [f.grad if f.grad is not None else torch.zeros_like(f) for f in self.floats()]
 
     def nbytes(self) -> int:
-        """Bytes of one stored state (what a checkpointing slot costs)."""
+        """Bytes one stored state holds (what a checkpointing slot costs): fixed-point ints, their float
+        values and the live buffer for reversible cells; the floats for ordinary cells."""
         n = 0
         for layer in self.layers:
-            for t in (*(layer.ints or ()), *(() if layer.ints else layer.floats), *((layer.bx,) if layer.bx is not None else ())):
-                n += t.numel() * t.element_size()
+            tensors = [*(layer.ints or ()), *layer.floats, *((layer.bx,) if layer.bx is not None else ())]
+            n += sum(t.numel() * t.element_size() for t in tensors)
         return n
 
 
