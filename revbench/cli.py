@@ -1,8 +1,8 @@
 """`revbench` command line: one thin dispatcher; each subcommand lives in its own module.
 
 A subcommand module exposes ``configure(parser)`` (adds its arguments) and
-``main(args) -> int`` (the exit status). Modules are imported only when their
-subcommand runs, so `revbench compare` never pays for importing seaborn.
+``main(args) -> int`` (the exit status). Subcommand modules keep heavy imports
+(torch, pandas, seaborn) inside ``main`` so that `revbench compare --help` stays fast.
 """
 from __future__ import annotations
 
