@@ -105,7 +105,8 @@ def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, w
     outs.clear()
     record = {"record_schema": RECORD_SCHEMA, **method_identity(method), "config_id": cfg.config_id}
     record.update({k: v for k, v in asdict(cfg).items() if k != "seed"})
-    record["max_forget_bits"] = cfg.max_forget_bits if cfg.reversible else None
+    # the limit applies to cells that forget through the buffer; ordinary and no-forgetting cells have none
+    record["max_forget_bits"] = cfg.max_forget_bits if cfg.cell in ("revgru", "revlstm") else None
     record.update(memory.peak_figures(figures))
     record.update(figures)
     for key in ("state_bits_baseline", "buffer_bits_actual", "buffer_bits_ideal", "saving_actual", "saving_ideal",

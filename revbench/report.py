@@ -597,38 +597,54 @@ def fig_memory_vs_seq_len(df):
     if not len(d):
         return None, "No benchmark has a peak_bytes figure."
     d["peak (MiB)"] = d["peak_bytes"] / MIB
-    settings, extra = _limit_settings(sorted(d["setting"].unique()))
-    limits_of = {s: forget_order(d.loc[d["setting"] == s, "forget_label"]) for s in settings}
-    ncols = max(len(v) for v in limits_of.values())
+    # one panel per (setting, forgetting limit) measured at two or more sequence lengths: a single point says
+    # nothing about growth (those configurations are in the summary table)
+    pairs, single = [], 0
+    for s in sorted(d["setting"].unique()):
+        for lim in forget_order(d.loc[d["setting"] == s, "forget_label"]):
+            sub = d[(d["setting"] == s) & (d["forget_label"] == lim)]
+            if sub["seq_len"].nunique() >= 2:
+                pairs.append((s, lim))
+            else:
+                single += 1
+    if not pairs:
+        return None, "No configuration was measured at two or more sequence lengths."
+    extra = ""
+    if len(pairs) > MAX_PANELS:
+        extra = f" Only the first {MAX_PANELS} of {len(pairs)} settings are drawn; the summary table lists all."
+        pairs = pairs[:MAX_PANELS]
+    if single:
+        extra += f" {single} configuration(s) measured at a single sequence length are not drawn here."
+    ncols = min(3, len(pairs))
+    nrows = -(-len(pairs) // ncols)
     labels = method_order(d["method_label"])
     pal, mk = method_palette(labels), method_markers(labels)
-    fig, axes = _new_figure(len(settings), ncols, 3.1, 2.6, sharex=True, sharey=True)
+    fig, axes = _new_figure(nrows, ncols, 3.6, 2.9, sharex=True, sharey=True)
     seq = sorted(d["seq_len"].dropna().unique())
     with third_party_warnings_visible():
-        for i, s in enumerate(settings):
-            for j in range(ncols):
-                ax = axes[i][j]
-                if j >= len(limits_of[s]):
-                    ax.set_visible(False)
-                    continue
-                lim = limits_of[s][j]
-                sub = d[(d["setting"] == s) & (d["forget_label"] == lim)]
-                present = [m for m in labels if m in set(sub["method_label"])]
-                sns.lineplot(data=sub, x="seq_len", y="peak (MiB)", hue="method_label", style="method_label",
-                             hue_order=present, style_order=present, palette=pal, markers=mk, dashes=False,
-                             errorbar=None, estimator="median", legend=False, ax=ax, markersize=6)
-                ax.set_xlim(min(seq) / 1.25, max(seq) * 1.25)  # also keeps one seq_len from a singular axis
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.xaxis.set_major_locator(FixedLocator(seq))
-                ax.xaxis.set_major_formatter(ScalarFormatter())
-                ax.xaxis.set_minor_formatter(NullFormatter())
-                _log_axis_labels(ax.yaxis)
-                _style_axes(ax)
-                ax.set_title(s if lim == "n/a" else f"{s} · forgetting limit {lim}", fontsize=10)
-                ax.set_xlabel("seq_len (steps)")
-                ax.set_ylabel("peak activation memory (MiB)" if j == 0 else "")
-                ax.tick_params(labelbottom=True, labelleft=True)
+        for idx in range(nrows * ncols):
+            ax = axes[idx // ncols][idx % ncols]
+            if idx >= len(pairs):
+                ax.set_visible(False)
+                continue
+            s, lim = pairs[idx]
+            sub = d[(d["setting"] == s) & (d["forget_label"] == lim)]
+            present = [m for m in labels if m in set(sub["method_label"])]
+            sns.lineplot(data=sub, x="seq_len", y="peak (MiB)", hue="method_label", style="method_label",
+                         hue_order=present, style_order=present, palette=pal, markers=mk, dashes=False,
+                         errorbar=None, estimator="median", legend=False, ax=ax, markersize=6)
+            ax.set_xlim(min(seq) / 1.25, max(seq) * 1.25)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(seq))
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_axis_labels(ax.yaxis)
+            _style_axes(ax)
+            ax.set_title(s if lim == "n/a" else f"{s}\nforgetting limit {lim}", fontsize=9)
+            ax.set_xlabel("seq_len (steps)")
+            ax.set_ylabel("peak activation memory (MiB)" if idx % ncols == 0 else "")
+            ax.tick_params(labelbottom=True, labelleft=True)
     _method_legend(fig, labels, pal, mk)
     return fig, extra
 

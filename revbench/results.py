@@ -136,11 +136,11 @@ REVERSIBLE_CELL_PREFIXES = ("rev", "nf-rev")
 
 def forget_label(max_forget_bits, cell: str | None = None) -> str:
     """Human label of a forgetting limit: '3 bits', 'no limit' (None on a reversible cell), or 'n/a'
-    (None on an ordinary cell such as 'gru'/'lstm', which has no forgetting limit at all)."""
+    (None on an ordinary cell such as 'gru'/'lstm' or a no-forgetting 'nf-' cell: no forgetting limit applies)."""
     import pandas as pd
 
     if max_forget_bits is None or pd.isna(max_forget_bits):
-        if cell is not None and not str(cell).startswith(REVERSIBLE_CELL_PREFIXES):
+        if cell is not None and (str(cell).startswith("nf-") or not str(cell).startswith(REVERSIBLE_CELL_PREFIXES)):
             return "n/a"
         return "no limit"
     return f"{int(max_forget_bits)} bits"
