@@ -55,6 +55,19 @@ class Carry:
         return n
 
 
+def leaf_carry(carry: Carry, dtype: torch.dtype) -> Carry:
+    """A Carry with the same exact values whose float tensors are fresh autograd leaves (requires_grad):
+    the start of a recomputed stretch. Reversible layers rebuild their floats from the integers."""
+    layers = []
+    for ls in carry.layers:
+        if ls.ints is not None:
+            floats = tuple(from_fixed(p, dtype).requires_grad_() for p in ls.ints)
+        else:
+            floats = tuple(f.detach().requires_grad_() for f in ls.floats)
+        layers.append(LayerState(ls.ints, floats, ls.bx))
+    return Carry(tuple(layers))
+
+
 def _col(mask):
     return None if mask is None else mask.unsqueeze(-1)
 
@@ -179,14 +192,7 @@ class Segment:
 
     def leaf(self, carry: Carry) -> Carry:
         """Same exact values; float tensors are fresh autograd leaves."""
-        layers = []
-        for ls in carry.layers:
-            if ls.ints is not None:
-                floats = tuple(from_fixed(p, self.dtype).requires_grad_() for p in ls.ints)
-            else:
-                floats = tuple(f.detach().requires_grad_() for f in ls.floats)
-            layers.append(LayerState(ls.ints, floats, ls.bx))
-        return Carry(tuple(layers))
+        return leaf_carry(carry, self.dtype)
 
     def final_state(self, carry: Carry):
         return [tuple(p.detach() for p in (ls.ints if ls.ints is not None else ls.floats)) for ls in carry.layers]

@@ -47,7 +47,7 @@ from .cells import CELL_TYPES, REVERSIBLE_CELLS, make_cell, validate_max_forget_
 from .fixedpoint import SCALE, check_state, from_fixed, to_fixed
 from .functional import embedding_into, linear_into, straight_through
 from .methods import StepOutput
-from .segment import IGNORE, Carry, LayerState, StateUndoer, StateUpdater
+from .segment import IGNORE, Carry, LayerState, StateUndoer, StateUpdater, leaf_carry
 
 _INT32_MAX = (1 << 31) - 1
 
@@ -333,14 +333,7 @@ class _Side:
         return Carry(tuple(layers))
 
     def leaf(self, carry: Carry) -> Carry:
-        layers = []
-        for ls in carry.layers:
-            if ls.ints is not None:
-                floats = tuple(from_fixed(p, self.dtype).requires_grad_() for p in ls.ints)
-            else:
-                floats = tuple(f.detach().requires_grad_() for f in ls.floats)
-            layers.append(LayerState(ls.ints, floats, ls.bx))
-        return Carry(tuple(layers))
+        return leaf_carry(carry, self.dtype)
 
     def _mask(self, t):
         return None if self.step_masks is None else self.step_masks[t]
