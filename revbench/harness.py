@@ -70,6 +70,12 @@ class Workload:
         self.targets = torch.randint(0, cfg.vocab_size, shape, generator=g).to(cfg.device)
         self.state = self.model.init_state(cfg.batch_size)
 
+    def warm_up(self, method, steps: int = 2):
+        """One short step: allocates the parameter gradients (as in any step after the first of a training loop)
+        and any one-time state, at a fraction of a full step's cost."""
+        n = min(steps, self.cfg.seq_len)
+        method.step(self.model, self.inputs[:n], self.targets[:n], self.state)
+
     def step(self, method):
         out = method.step(self.model, self.inputs, self.targets, self.state)
         if self.cfg.device.startswith("cuda"):
@@ -96,7 +102,7 @@ def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, w
     """Warm up, then measure one step of ``method`` on ``cfg`` with every meter. Returns the record."""
     wl = workload or Workload(cfg)
     for _ in range(warmup):
-        wl.step(method)
+        wl.warm_up(method)
     gc.collect()
     params = list(wl.model.parameters())
     outs = []

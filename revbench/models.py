@@ -52,7 +52,7 @@ class RNNLM(nn.Module):
         sizes = [hidden_size] * num_layers if isinstance(hidden_size, int) else list(hidden_size)
         if len(sizes) != num_layers:
             raise ValueError(f"hidden_size lists {len(sizes)} sizes but num_layers is {num_layers}")
-        for name, v in (("vocab_size", vocab_size), ("emb_size", emb_size), *((f"hidden_size", s) for s in sizes)):
+        for name, v in (("vocab_size", vocab_size), ("emb_size", emb_size), *(("hidden_size", s) for s in sizes)):
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name, p in (("dropout_emb", dropout_emb), ("dropout_in", dropout_in), ("dropout_h", dropout_h),

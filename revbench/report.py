@@ -796,7 +796,6 @@ def _buffer_rows(df):
 
 def fig_saving_ratios(df):
     """(d) memory-saving ratios per forgetting limit: allocator vs paper-style (actual, ideal), side by side."""
-    import pandas as pd
     import seaborn as sns
 
     b = _buffer_rows(df)

@@ -19,5 +19,5 @@ def test_step(benchmark, case, bptt_peaks):
     bptt_peaks.remember(record)
     add_allocator_saving(record, bptt_peaks.bptt_peak(case.cfg))
     benchmark.group = case.cfg.config_id
-    benchmark.pedantic(wl.step, args=(method,), rounds=case.rounds, warmup_rounds=0, iterations=1)  # measure_method warmed up
+    benchmark.pedantic(wl.step, args=(method,), rounds=case.rounds, warmup_rounds=1, iterations=1)
     benchmark.extra_info.update(record)
