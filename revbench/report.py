@@ -17,9 +17,8 @@ import contextlib
 import html
 import io
 import math
-import os
 import re
-import tempfile
+from .atomic import atomic_write
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -1012,14 +1011,4 @@ def render_report(df_or_path, out_html, title: str = "revbench benchmark report"
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: fh.write(text))

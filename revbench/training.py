@@ -33,12 +33,9 @@ stepped by ``bptt`` and by the run's method with the same dropout masks, and the
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +43,7 @@ import torch
 
 from . import data as lmdata
 from . import memory, methods
+from .atomic import atomic_write
 from .lm_configs import RUN_CONTROL_FIELDS, TrainConfig
 from .models import RNNLM
 from .segment import Segment
@@ -70,34 +68,14 @@ def atomic_save(obj, path: Path) -> None:
     If anything fails (a crash, a full disk) ``path`` keeps its previous content and the temporary
     file is removed.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda fh: torch.save(obj, fh), binary=True, fsync=True)
 
 
 def atomic_write_json(obj, path: Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, default=_json_default)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    def write(fh):
+        json.dump(obj, fh, indent=1, sort_keys=True, default=_json_default)
+        fh.write("\n")
+    atomic_write(path, write)
 
 
 def _json_default(o):

@@ -1,4 +1,5 @@
 """Language-model training: loss decreases, exact resume, atomic checkpoints, configs, CLI errors."""
+import os
 import dataclasses
 import json
 import math
@@ -115,7 +116,7 @@ def test_atomic_save_keeps_old_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("crash")
 
-    monkeypatch.setattr(training.os, "replace", boom)
+    monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(RuntimeError):
         atomic_save({"v": 2}, path)
     assert torch.load(path)["v"] == 1
