@@ -63,7 +63,7 @@ def frontier_grid() -> list[Case]:
     for b in (0.02, 0.05, 0.1):
         methods += [("gruslys", {"budget": b, "policy": "hsm"}), ("gruslys", {"budget": b, "policy": "mixed"})]
     rev = lstm.with_(cell="revlstm", max_forget_bits=3)
-    return _cases(methods, [lstm], rounds=1) + _cases([("bptt", {}), ("reversible", {})], [rev], rounds=1)
+    return _cases(methods, [lstm], rounds=3) + _cases([("bptt", {}), ("reversible", {})], [rev], rounds=3)
 
 
 def paper_grid() -> list[Case]:
