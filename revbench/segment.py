@@ -72,6 +72,20 @@ def _col(mask):
     return None if mask is None else mask.unsqueeze(-1)
 
 
+def buffer_bits_allocated(carry: Carry, stacks) -> int:
+    """Bits the buffers of a carry allocate: 64 per live element plus each word stack's chunk capacity."""
+    bits = 0
+    for ls, st in zip(carry.layers, stacks):
+        if ls.bx is not None and st is not None:
+            bits += 64 * ls.bx.numel() + st.allocated_bits()
+    return bits
+
+
+def buffers_empty(carry: Carry, stacks) -> bool:
+    """True when every buffer of a carry holds no information (reversal consumed exactly what was stored)."""
+    return all(is_empty(ls.bx, st) for ls, st in zip(carry.layers, stacks) if ls.bx is not None)
+
+
 class StateUpdater:
     """Applies one multiplicative-plus-additive update of a reversible cell's state part.
 
@@ -288,14 +302,10 @@ class Segment:
 
     # ------------------------------------------------------------------ accounting
     def buffer_bits_allocated(self, carry: Carry) -> int:
-        bits = 0
-        for ls, st in zip(carry.layers, self.stacks):
-            if ls.bx is not None and st is not None:
-                bits += 64 * ls.bx.numel() + st.allocated_bits()
-        return bits
+        return buffer_bits_allocated(carry, self.stacks)
 
     def buffers_empty(self, carry: Carry) -> bool:
-        return all(is_empty(ls.bx, st) for ls, st in zip(carry.layers, self.stacks) if ls.bx is not None)
+        return buffers_empty(carry, self.stacks)
 
     def stats(self) -> dict:
         """The paper's model-level figures for this segment (see PAPER.md, 'Counting memory')."""

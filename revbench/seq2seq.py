@@ -42,12 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .buffer import WordStack, empty_buffer, is_empty
+from .buffer import WordStack, empty_buffer
 from .cells import CELL_TYPES, REVERSIBLE_CELLS, make_cell, validate_max_forget_bits
 from .fixedpoint import SCALE, check_state, from_fixed, to_fixed
 from .functional import embedding_into, linear_into, straight_through
 from .methods import StepOutput
-from .segment import IGNORE, Carry, LayerState, StateUndoer, StateUpdater, leaf_carry
+from .segment import (IGNORE, Carry, LayerState, StateUndoer, StateUpdater, _col, buffer_bits_allocated,
+                      buffers_empty, leaf_carry)
 
 _INT32_MAX = (1 << 31) - 1
 
@@ -204,10 +205,6 @@ class Seq2Seq(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ one side
-def _col(mask):
-    return None if mask is None else mask.unsqueeze(-1)
-
-
 class _SliceUpdater:
     """Wraps the top encoder layer's ``StateUpdater``: part 0 (h1) is updated through the buffer with z = 1 on
     the first ``d`` units, which are then overwritten with their true (lossy) value; see the module docstring.
@@ -405,14 +402,10 @@ class _Side:
 
     # ---------------------------------------------------------------- accounting
     def buffer_bits_allocated(self, carry: Carry) -> int:
-        bits = 0
-        for ls, st in zip(carry.layers, self.stacks):
-            if ls.bx is not None and st is not None:
-                bits += 64 * ls.bx.numel() + st.allocated_bits()
-        return bits
+        return buffer_bits_allocated(carry, self.stacks)
 
     def buffers_empty(self, carry: Carry) -> bool:
-        return all(is_empty(ls.bx, st) for ls, st in zip(carry.layers, self.stacks) if ls.bx is not None)
+        return buffers_empty(carry, self.stacks)
 
     def ideal_total(self) -> float | None:
         if not self.ideal_bits:
