@@ -46,13 +46,19 @@ class Execution:
     losses: list            # per step, detached, in step order
     final: object           # Carry(T)
     stats: ExecutionStats
+    initial_grads: object = None  # the gradient with respect to state 0 (only with grad_initial=True)
 
 
-def execute(plan: Plan, seg, carry0, check_budget: bool = True) -> Execution:
-    """Run ``plan`` over ``seg`` from ``carry0`` (state 0). See the module docstring."""
+def execute(plan: Plan, seg, carry0, check_budget: bool = True, grad_final=None,
+            grad_initial: bool = False) -> Execution:
+    """Run ``plan`` over ``seg`` from ``carry0`` (state 0). See the module docstring.
+
+    ``grad_final``: the gradient arriving at state T from later computation (``seg.backward``'s ``grads_end``
+    format; None: nothing comes after the segment). ``grad_initial=True``: state 0 gets a leaf too, and the
+    gradient with respect to it is returned in ``Execution.initial_grads`` (chaining an encoder to a decoder)."""
     if plan.T != seg.T:
         raise PlanError(f"the plan is for T={plan.T} steps but the segment has T={seg.T}")
-    run = _Run(plan, seg, carry0, check_budget)
+    run = _Run(plan, seg, carry0, check_budget, grad_final, grad_initial)
     counter0 = seg.counters["forward_steps"]
     handlers = {Forward: run.forward, Backward: run.backward, Record: run.record,
                 BackwardRecorded: run.backward_recorded, Free: run.free}
@@ -70,13 +76,14 @@ def execute(plan: Plan, seg, carry0, check_budget: bool = True) -> Execution:
 class _Run:
     """The executor's state while a plan runs (see the module docstring)."""
 
-    def __init__(self, plan, seg, carry0, check_budget):
+    def __init__(self, plan, seg, carry0, check_budget, grad_final=None, grad_initial=False):
         self.plan, self.seg, self.check_budget, self.T = plan, seg, check_budget, plan.T
+        self.grad_initial = grad_initial
         self.stats = ExecutionStats()
         self.stored = {0: carry0}
         self.records = {}                   # step -> (input leaf or None, loss, output carry)
         self.work = None                    # (index, carry): the working state
-        self.adj_at, self.adj = plan.T, None  # gradient waiting at state adj_at (None at T: nothing from later)
+        self.adj_at, self.adj = plan.T, grad_final  # gradient waiting at state adj_at (None at T: nothing later)
         self.losses = [None] * plan.T
         self.final = None
         self.where = f"plan {plan.policy!r}"
@@ -116,7 +123,9 @@ class _Run:
         self.losses[t] = loss.detach()
 
     def leaf(self, a, src):
-        return self.seg.leaf(src) if a > 0 else None      # no gradient is needed for state 0
+        if a == 0 and not self.grad_initial:
+            return None                                   # no gradient is needed for state 0
+        return self.seg.leaf(src)
 
     # ------------------------------------------------------------------ actions
     def forward(self, action: Forward):
@@ -211,7 +220,8 @@ class _Run:
         if plan.predicted_forward_steps is not None and plan.predicted_forward_steps != st.forward_steps:
             raise PlanError(f"plan {plan.policy!r}: {st.forward_steps} forward steps, but its cost model predicts "
                             f"{plan.predicted_forward_steps}")
-        return Execution(losses=self.losses, final=self.final, stats=st)
+        return Execution(losses=self.losses, final=self.final, stats=st,
+                         initial_grads=self.adj if self.grad_initial else None)
 
 
 # ---------------------------------------------------------------------------------------------- counting segment

@@ -109,13 +109,9 @@ def lm_config_from_args(args):
     if args.method is not None:
         over["method"] = args.method
     if args.method_options is not None:
-        try:
-            opts = json.loads(args.method_options)
-        except ValueError as exc:
-            raise ValueError(f"--method-options is not valid JSON: {exc}") from None
-        if not isinstance(opts, dict):
-            raise ValueError("--method-options must be a JSON object, e.g. '{\"budget\": 0.1}'")
-        over["method_options"] = opts
+        from .methods import parse_options
+
+        over["method_options"] = parse_options(args.method_options)
     for flag, (fld, _, _) in LM_OVERRIDES.items():
         v = getattr(args, flag.lstrip("-").replace("-", "_"))
         if v is not None:

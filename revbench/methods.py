@@ -65,6 +65,19 @@ def available() -> list[str]:
     return sorted(names)
 
 
+def parse_options(text: str) -> dict:
+    """A method's options from the command line's ``--method-options`` JSON object (ValueError otherwise)."""
+    import json
+
+    try:
+        opts = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"--method-options is not valid JSON: {exc}") from None
+    if not isinstance(opts, dict):
+        raise ValueError("--method-options must be a JSON object, e.g. '{\"budget\": 0.1}'")
+    return opts
+
+
 def get(name: str, **options):
     """A configured method object with ``.step(model, inputs, targets, state, lengths=None)``."""
     _load(name)

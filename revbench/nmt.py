@@ -47,7 +47,8 @@ class NMTConfig:
     cell: str = "revgru"
     context: str = "emb+h:20"
     max_forget_bits: int | None = 3
-    method: str = "reversible"             # "reversible" or "bptt"
+    method: str = "reversible"             # "reversible", "bptt", "checkpoint" or "gruslys"
+    method_options: dict = dataclasses.field(default_factory=dict)   # e.g. {"segments": 4}, {"budget": 0.1}
     num_layers: int = 1
     hidden_size: int = 300
     emb_size: int = 300
@@ -73,9 +74,13 @@ class NMTConfig:
     def resolved_lr(self) -> float:
         return float(self.lr) if self.lr is not None else PAPER_LR[self.cell]
 
+    def make_method(self):
+        """The configured training method (``revbench.seq2seq.get_method``)."""
+        return get_method(self.method, normalize=self.loss_norm, **self.method_options)
+
     def validate(self) -> "NMTConfig":
         from .cells import CELL_TYPES, REVERSIBLE_CELLS, validate_max_forget_bits
-        from .seq2seq import SEQ2SEQ_METHODS, ContextSpec
+        from .seq2seq import ContextSpec
 
         if self.data not in ("multi30k", "synthetic"):
             raise ValueError(f"data must be 'multi30k' or 'synthetic', got {self.data!r}")
@@ -84,9 +89,9 @@ class NMTConfig:
         ContextSpec.parse(self.context)
         if self.cell in REVERSIBLE_CELLS:
             validate_max_forget_bits(self.max_forget_bits)
-        if self.method not in SEQ2SEQ_METHODS:
-            raise ValueError(f"method {self.method!r} is not available for NMT; choose one of "
-                             f"{', '.join(SEQ2SEQ_METHODS)}")
+        if not isinstance(self.method_options, dict):
+            raise ValueError(f"method_options must be a dict of the method's options, got {self.method_options!r}")
+        self.make_method()                 # an unknown method or a bad option is a clear ValueError
         if self.method == "reversible" and self.cell not in REVERSIBLE_CELLS:
             raise ValueError(f"method 'reversible' needs a reversible cell, not {self.cell!r}; use --method bptt")
         for name in ("num_layers", "hidden_size", "emb_size", "batch_size", "epochs", "min_freq", "beam_size"):
@@ -448,7 +453,7 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
         log(f"resumed from {ckpt_path}: epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, "
             f"step {state['step']}")
     _atomic_json(cfg, out / "config.json")
-    method = get_method(config.method, normalize=config.loss_norm)
+    method = config.make_method()
     params = list(model.parameters())
 
     def save():
@@ -587,9 +592,14 @@ GRID = {
 GRID["tiny"] = [GridPoint("revgru", "emb+h:4", 3), GridPoint("gru", "all")]
 
 
+# Methods whose live-tensor peak every grid point measures (with their default options; reversible only for
+# reversible cells): plain BPTT, Chen's sqrt(T) checkpointing, Gruslys' policy at a 5% slot budget.
+MEMORY_METHODS = ("bptt", "checkpoint", "gruslys", "reversible")
+
+
 def point_memory(config: NMTConfig, corpus, run_dir: Path) -> dict:
-    """Live-tensor peaks of one training step of the trained model on a representative batch: bptt and, for a
-    reversible cell, the reversible method (same dropout masks)."""
+    """Live-tensor peaks of one training step of the trained model on a representative batch, for every method
+    of ``MEMORY_METHODS`` that applies (same dropout masks)."""
     torch.manual_seed(config.seed)
     model = build_model(config, corpus)
     if (run_dir / BEST).exists():
@@ -597,8 +607,8 @@ def point_memory(config: NMTConfig, corpus, run_dir: Path) -> dict:
     batch = representative_batch(train_pairs(config, corpus), config.batch_size)
     out = {"batch_src_len": int(batch.src.shape[0]), "batch_tgt_len": int(batch.tgt_in.shape[0]),
            "batch_size": int(batch.src.shape[1])}
-    methods = ["bptt"] + (["reversible"] if config.method == "reversible" else [])
-    for name in methods:
+    rev = config.cell.startswith(("rev", "nf-rev"))
+    for name in (m for m in MEMORY_METHODS if rev or m != "reversible"):
         r = measure_step_memory(model, batch, name, config.loss_norm, seed=config.seed)
         out[f"{name}_live_peak_bytes"] = r["live_peak_bytes"]
         out[f"{name}_live_peak_other_bytes"] = r.get("live_peak_other_bytes")
@@ -692,8 +702,7 @@ def _point_entry(res: dict) -> dict:
             "bleu_signature": res.get("bleu_signature"),
             **{k: fin.get(k) for k in ("enc_saving_actual", "enc_saving_ideal", "dec_saving_actual",
                                        "dec_saving_ideal")},
-            "bptt_live_peak_bytes": mem.get("bptt_live_peak_bytes"),
-            "reversible_live_peak_bytes": mem.get("reversible_live_peak_bytes"),
+            **{f"{m}_live_peak_bytes": mem.get(f"{m}_live_peak_bytes") for m in MEMORY_METHODS},
             "allocator_saving": mem.get("allocator_saving"),
             "memory_batch": f"B={mem.get('batch_size')}, S={mem.get('batch_src_len')}, T={mem.get('batch_tgt_len')}"
             if mem else None}
@@ -748,9 +757,8 @@ def grid_tables(summary: dict):
         "BLEU greedy": e.get("bleu_greedy"), "BLEU beam": e.get("bleu_beam"),
         "enc saving actual": e.get("enc_saving_actual"), "enc saving ideal": e.get("enc_saving_ideal"),
         "dec saving actual": e.get("dec_saving_actual"), "dec saving ideal": e.get("dec_saving_ideal"),
-        "bptt peak MiB": None if e.get("bptt_live_peak_bytes") is None else e["bptt_live_peak_bytes"] / 2**20,
-        "reversible peak MiB": None if e.get("reversible_live_peak_bytes") is None
-        else e["reversible_live_peak_bytes"] / 2**20,
+        **{f"{m} peak MiB": None if e.get(f"{m}_live_peak_bytes") is None else e[f"{m}_live_peak_bytes"] / 2**20
+           for m in MEMORY_METHODS},
         "allocator saving": e.get("allocator_saving"),
     } for e in done])
     return paper, detail
@@ -825,8 +833,9 @@ def write_grid_report(summary: dict, out_dir) -> None:
           "`ideal` savings divide by the information actually forgotten (sum of -log2 z) instead of the allocated "
           "bits. `peak MiB`: live-tensor peak (revbench.memory.LiveTensorMeter, parameter gradients allocated "
           "beforehand) of one training step of the trained model on one representative batch (the middle of the "
-          "length-sorted training set), with BPTT and with the reversible method; `allocator saving` is their "
-          "ratio. Times: training only (evaluation excluded), wall-clock on a machine that may be shared with other "
+          "length-sorted training set), with every method: BPTT, checkpointing (Chen et al., sqrt(T) pieces per "
+          "side), Gruslys et al.'s policy (5% slot budget per side) and the reversible method; `allocator saving` "
+          "is BPTT's peak over the reversible method's. Times: training only (evaluation excluded), wall-clock on a machine that may be shared with other "
           "work, so only roughly comparable.\n", _markdown(detail),
           "## Status of each grid point\n", "\n".join(status_lines), "\n",
           "## Differences from the paper\n", _DIFFERENCES.format(epochs=cfg.epochs, hidden=cfg.hidden_size,

@@ -82,8 +82,12 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
                         help="attention context: 'h:D', 'emb', 'emb+h:D' (default emb+h:20) or 'all'")
     parser.add_argument("--max-forget-bits", type=_forget_bits, default=_UNSET,
                         help="forgetting limit k in bits per unit and step (1-10) or 'none' (default 3)")
-    parser.add_argument("--method", default=_UNSET, choices=["reversible", "bptt"],
-                        help="training method (default: reversible for reversible cells, else bptt)")
+    parser.add_argument("--method", default=_UNSET, choices=["reversible", "bptt", "checkpoint", "gruslys"],
+                        help="training method (default: reversible for reversible cells, else bptt); checkpoint "
+                             "and gruslys recompute each side from stored states (revbench.seq2seq)")
+    parser.add_argument("--method-options", default=_UNSET,
+                        help="JSON object of the method's options, e.g. '{\"segments\": 4}' (checkpoint) or "
+                             "'{\"budget\": 0.1, \"policy\": \"mixed\"}' (gruslys)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, results, hypotheses)")
     parser.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
@@ -101,6 +105,14 @@ def main_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     over = _overrides(args, (("data", "data"), ("cell", "cell"), ("context", "context"),
                              ("max_forget_bits", "max_forget_bits"), ("method", "method")))
+    if getattr(args, "method_options", _UNSET) is not _UNSET:
+        from revbench.methods import parse_options
+
+        try:
+            over["method_options"] = parse_options(args.method_options)
+        except ValueError as exc:
+            print(f"revbench train nmt: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if "method" not in over and over.get("cell") in ("gru", "lstm"):
         over["method"] = "bptt"
     if over.get("cell") in ("gru", "lstm"):

@@ -29,8 +29,8 @@ Training methods for a batch (``get_method``): ``"bptt"`` (autograd through the 
 ``"reversible"`` (forward without a graph keeping only the final states, the buffers and the slice; then the
 decoder's reverse pass, which recomputes attention/logits/loss per step and accumulates the gradient with
 respect to the slice; then the encoder's reverse pass, started from the gradient with respect to its final
-state and fed the slice gradients step by step). The LM-only methods ``checkpoint`` and ``gruslys`` work
-over ``revbench.segment.Segment`` and do not apply here.
+state and fed the slice gradients step by step), and the recomputing baselines ``"checkpoint"`` and
+``"gruslys"`` (``Seq2SeqPlanned``: the language model's plans, run over each side with ``baselines.executor``).
 """
 from __future__ import annotations
 
@@ -708,6 +708,89 @@ class Seq2SeqReversible(Seq2SeqMethod):
         return total, {"stored_states_peak": 1}
 
 
+class _PlannedSide:
+    """One side of a batch in the step API that ``baselines.executor.execute`` runs plans over (``T``,
+    ``counters``, ``advance(t, carry, grad) -> (carry, loss)``, ``leaf``, ``backward``). ``step_loss(t, top)``
+    is what step t contributes to the objective when it runs with autograd: the decoder's attention loss, or
+    for the encoder the scalar sum(top[:, :D] * dL/dslice_t), whose gradient is exactly the context gradient
+    that reaches step t's stored hidden units (its value means nothing and is not reported)."""
+
+    def __init__(self, side: _Side, T: int, step_loss):
+        self.side, self.T, self.step_loss = side, T, step_loss
+        self.counters = side.counters
+
+    def advance(self, t, carry, grad=False):
+        nxt, top = self.side.advance(t, carry, grad=grad)
+        if not grad:
+            return nxt, None
+        with torch.enable_grad():
+            return nxt, self.step_loss(t, top)
+
+    def leaf(self, carry):
+        return self.side.leaf(carry)
+
+    def backward(self, losses, carry_end, grads_end=None):
+        floats = carry_end.floats()
+        _backward([torch.stack(list(losses)).sum(), *floats], [None, *(grads_end or [None] * len(floats))])
+
+
+class Seq2SeqPlanned(Seq2SeqMethod):
+    """A recomputing baseline (``"checkpoint"``: Chen et al.; ``"gruslys"``: Gruslys et al.) applied to each
+    side: the plan the language-model method of that name makes for T steps (same options, same validation)
+    runs over the decoder, then over the encoder, with ``baselines.executor``.
+
+    1. Encoder forward without a graph, keeping its final state and the stored hidden part of the context
+       (the slice, or every top-layer hidden state for ``all``): attention needs it at every decoder step.
+    2. Decoder plan from the encoder's final state (its gradient is collected at state 0); per step attention,
+       logits and loss, with the context's hidden part as one leaf that accumulates its gradient.
+    3. Encoder plan, from the gradient w.r.t. its final state; each recomputed step receives the context
+       gradient of its stored units.
+    A stored state costs ``Carry.nbytes()`` (ints, floats and the live buffer for reversible cells; no word
+    stack is kept). Stats add ``enc_*`` / ``dec_*`` plan counts (``stored_states_peak``, ``slots_peak``, ...)."""
+
+    def __init__(self, name: str, normalize: str = "tokens", **options):
+        from .methods import get as get_lm_method
+
+        self.name, self.normalize = name, normalize
+        self.planner = get_lm_method(name, **options)       # validates the options as for the language model
+        if not hasattr(self.planner, "make_plan"):
+            raise ValueError(f"method {name!r} does not recompute from a plan; it cannot run on the encoder-decoder")
+
+    def run(self, run):
+        from baselines.executor import execute
+
+        m = run.model
+        D = m.context.hidden_dim(m.hidden_size)
+        enc0 = run.enc.start(m.init_state(run.B))
+        enc, stored = enc0, []
+        for s in range(run.S):                      # 1. forward, no graph
+            enc, out = run.enc.advance(s, enc, grad=False)
+            if D:
+                stored.append(out[:, :D])
+        hidden = torch.stack(stored).requires_grad_() if D else None
+        del stored
+        dec_side = _PlannedSide(run.dec, run.T, lambda t, top: run.step_loss(t, top, run.context(hidden)))
+        dec0 = run.dec.start_from(enc)
+        dec_ex = execute(self.planner.make_plan(dec_side, dec0), dec_side, dec0, grad_initial=True)   # 2. decoder
+        hidden_grad = None if hidden is None else hidden.grad
+        del hidden
+
+        def enc_loss(s, top):
+            if hidden_grad is None:
+                return torch.zeros((), dtype=run.dtype, device=top.device)
+            return (top[:, :D] * hidden_grad[s]).sum()
+
+        enc_side = _PlannedSide(run.enc, run.S, enc_loss)
+        enc_ex = execute(self.planner.make_plan(enc_side, enc0), enc_side, enc0,            # 3. encoder
+                         grad_final=dec_ex.initial_grads)
+        total = torch.stack(dec_ex.losses).sum()
+        extra = {"stored_states_peak": enc_ex.stats.stored_states_peak + dec_ex.stats.stored_states_peak}
+        for side, ex in (("enc", enc_ex), ("dec", dec_ex)):
+            extra.update({f"{side}_{k}": v for k, v in ex.stats.as_dict().items() if k != "forward_steps"})
+        extra.update(self.planner.options())
+        return total, extra
+
+
 def _check_same(a: Carry, b: Carry, what):
     for la, lb in zip(a.layers, b.layers):
         for u, v in zip(la.ints, lb.ints):
@@ -716,13 +799,18 @@ def _check_same(a: Carry, b: Carry, what):
 
 
 SEQ2SEQ_METHODS = {"bptt": Seq2SeqBPTT, "reversible": Seq2SeqReversible}
+PLANNED_METHODS = ("checkpoint", "gruslys")
 
 
 def get_method(name: str, **options) -> Seq2SeqMethod:
-    """A seq2seq training method by name: 'bptt' or 'reversible'."""
+    """A seq2seq training method by name: 'bptt', 'reversible', or a recomputing baseline ('checkpoint',
+    'gruslys', with the options of the language-model method of that name, plus ``normalize``)."""
+    if name in PLANNED_METHODS:
+        return Seq2SeqPlanned(name, **options)
     if name not in SEQ2SEQ_METHODS:
         raise ValueError(f"method {name!r} is not available for the encoder-decoder; choose one of "
-                         f"{', '.join(SEQ2SEQ_METHODS)} (checkpoint/gruslys work on language-model segments only)")
+                         f"{', '.join([*SEQ2SEQ_METHODS, *PLANNED_METHODS])} ('bptt-fused' runs torch's fused "
+                         f"kernels over a whole sequence, which leaves no place for the per-step attention)")
     return SEQ2SEQ_METHODS[name](**options)
 
 
@@ -807,6 +895,6 @@ def select_carry(carry: Carry, index) -> Carry:
 
 
 __all__ = ["ContextSpec", "Seq2Seq", "Seq2SeqMasks", "BatchRun", "Seq2SeqMethod", "Seq2SeqBPTT",
-           "Seq2SeqReversible", "SEQ2SEQ_METHODS", "get_method", "attention_logits", "evaluate_batch",
+           "Seq2SeqReversible", "Seq2SeqPlanned", "SEQ2SEQ_METHODS", "PLANNED_METHODS", "get_method", "attention_logits", "evaluate_batch",
            "Encoded", "encode",
            "Decoder", "select_carry"]

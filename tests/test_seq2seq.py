@@ -143,6 +143,58 @@ def test_reversible_gradients_equal_bptt_float64_with_dropout(cell, context):
         assert a.stats[key] == b.stats[key]               # the same exact forward
 
 
+PLANNED = [("checkpoint", {}), ("checkpoint", {"segments": 2}), ("checkpoint", {"recursive": True}),
+           ("gruslys", {"slots": 2}), ("gruslys", {"slots": 3, "policy": "mixed"}), ("gruslys", {})]
+
+
+@pytest.mark.parametrize("method,opts", PLANNED, ids=lambda v: str(v) if v else "default")
+@pytest.mark.parametrize("cell,context,layers", [("revgru", "emb+h:3", 2), ("revlstm", "all", 1),
+                                                 ("gru", "all", 2), ("lstm", "all", 1), ("revgru", "emb", 1)])
+def test_recomputing_baselines_gradients_equal_bptt_float64(method, opts, cell, context, layers):
+    """checkpoint and gruslys on the encoder-decoder: same loss and float64 gradients as bptt, with dropout and
+    padding on both sides, for reversible and ordinary cells and every kind of context."""
+    model = make_model(cell, context, layers=layers, k=2, dropout=0.3)
+    batch = padded_batch(2)
+    a, ga = run_step("bptt", model, batch)
+    b, gb = run_step(method, model, batch, **opts)
+    assert len(gb) == len(list(model.parameters()))
+    assert rel_err(ga, gb) < 1e-9
+    assert torch.allclose(a.loss, b.loss, rtol=1e-12, atol=0)
+    S, T = batch.src.shape[0], batch.tgt_in.shape[0]
+    assert b.stats["forward_steps"] > S + T                  # it recomputed
+    assert b.stats["enc_stored_states_peak"] < S and b.stats["dec_stored_states_peak"] < T
+    if "slots" in opts:
+        assert b.stats["enc_slots_peak"] <= opts["slots"] and b.stats["dec_slots_peak"] <= opts["slots"]
+
+
+def test_recomputing_baselines_use_less_live_memory_than_bptt():
+    from revbench.memory import LiveTensorMeter
+
+    model = make_model("lstm", "all", layers=2, dropout=0.0, dtype=torch.float32, hidden=64, emb=32)
+    pairs = random_pairs(16, seed=7, max_src=30, max_tgt=30)
+    batch = make_batch(pairs)
+    peaks = {}
+    for method in ("bptt", "checkpoint"):
+        params = list(model.parameters())
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        meter = LiveTensorMeter(params=params)
+        meter.prepare()
+        with meter:
+            get_method(method).step_batch(model, batch)
+        peaks[method] = meter.figures()["live_peak_bytes"]
+    assert 0 < peaks["checkpoint"] < peaks["bptt"]
+
+
+def test_planned_method_options_are_validated_like_the_language_models():
+    with pytest.raises(ValueError, match="segments"):
+        get_method("checkpoint", segments=0)
+    with pytest.raises(ValueError, match="policy"):
+        get_method("gruslys", policy="nope")
+    with pytest.raises(ValueError, match="not available"):
+        get_method("bptt-fused")
+
+
 def test_gradients_equal_with_sentence_normalisation():
     model = make_model("revgru", "emb+h:3", dropout=0.2)
     batch = padded_batch(3)
@@ -272,7 +324,7 @@ def test_context_parsing_and_bad_input():
     with pytest.raises(ValueError, match="reversible cell"):
         get_method("reversible").step_batch(make_model("gru", "all"), padded_batch())
     with pytest.raises(ValueError, match="not available"):
-        get_method("checkpoint")
+        get_method("no-such-method")
     model = make_model()
     b = padded_batch()
     with pytest.raises(ValueError, match="tgt_in token ids"):
