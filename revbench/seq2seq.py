@@ -773,7 +773,7 @@ class Seq2SeqPlanned(Seq2SeqMethod):
         dec0 = run.dec.start_from(enc)
         dec_ex = execute(self.planner.make_plan(dec_side, dec0), dec_side, dec0, grad_initial=True)   # 2. decoder
         hidden_grad = None if hidden is None else hidden.grad
-        del hidden
+        hidden = None                               # the decoder is done with the context
 
         def enc_loss(s, top):
             if hidden_grad is None:
