@@ -314,7 +314,13 @@ def representative_batch(pairs, batch_size: int):
 def measure_step_memory(model: Seq2Seq, batch, method: str, loss_norm: str = "sents", seed: int = 0) -> dict:
     """Live-tensor peak of one training step (``revbench.memory.LiveTensorMeter``): bytes of tensors created
     during the step and alive at once, with the parameter gradients allocated beforehand (so they are not
-    counted). Returns ``live_peak_bytes``, its split and the step's paper-style stats. Gradients are cleared."""
+    counted). Returns ``live_peak_bytes``, its split and the step's paper-style stats. Gradients are cleared.
+
+    Per side, the live bytes each forward pass leaves behind for its backward pass: ``enc_held_bytes`` (live
+    at the end of the encoder's forward pass minus live at the start of the step: the encoder's graph or
+    buffers, stored states and the attention context) and ``dec_held_bytes`` (live at the end of the decoder's
+    forward pass minus live at the end of the encoder's). The backward pass's working set (the one step or
+    stretch being recomputed) is in ``live_peak_bytes`` only."""
     from .memory import LiveTensorMeter
 
     params = list(model.parameters())
@@ -326,15 +332,17 @@ def measure_step_memory(model: Seq2Seq, batch, method: str, loss_norm: str = "se
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     model.train()
+    marks = {}
     try:
         with meter:
-            out = m.step_batch(model, batch)
+            out = m.step_batch(model, batch, on_phase=lambda name: marks.setdefault(name, meter.current_bytes))
     finally:
         torch.set_rng_state(state)
         for p in params:
             p.grad = None
     figs = meter.figures()
-    return {"method": method, **figs, "stats": out.stats}
+    held = {"enc_held_bytes": marks["encoded"] - marks["start"], "dec_held_bytes": marks["decoded"] - marks["encoded"]}
+    return {"method": method, **figs, **held, "stats": out.stats}
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -612,10 +620,14 @@ def point_memory(config: NMTConfig, corpus, run_dir: Path) -> dict:
         r = measure_step_memory(model, batch, name, config.loss_norm, seed=config.seed)
         out[f"{name}_live_peak_bytes"] = r["live_peak_bytes"]
         out[f"{name}_live_peak_other_bytes"] = r.get("live_peak_other_bytes")
+        out[f"{name}_enc_held_bytes"], out[f"{name}_dec_held_bytes"] = r["enc_held_bytes"], r["dec_held_bytes"]
         if name == "reversible":
             out["step_stats"] = {k: v for k, v in r["stats"].items() if "saving" in k or "bits" in k}
     if "reversible_live_peak_bytes" in out and out["reversible_live_peak_bytes"]:
         out["allocator_saving"] = out["bptt_live_peak_bytes"] / out["reversible_live_peak_bytes"]
+        for side in ("enc", "dec"):
+            held = out[f"reversible_{side}_held_bytes"]
+            out[f"{side}_allocator_saving"] = out[f"bptt_{side}_held_bytes"] / held if held > 0 else math.inf
     return out
 
 
@@ -704,6 +716,8 @@ def _point_entry(res: dict) -> dict:
                                        "dec_saving_ideal")},
             **{f"{m}_live_peak_bytes": mem.get(f"{m}_live_peak_bytes") for m in MEMORY_METHODS},
             "allocator_saving": mem.get("allocator_saving"),
+            "enc_allocator_saving": mem.get("enc_allocator_saving"),
+            "dec_allocator_saving": mem.get("dec_allocator_saving"),
             "memory_batch": f"B={mem.get('batch_size')}, S={mem.get('batch_src_len')}, T={mem.get('batch_tgt_len')}"
             if mem else None}
 
@@ -760,6 +774,8 @@ def grid_tables(summary: dict):
         **{f"{m} peak MiB": None if e.get(f"{m}_live_peak_bytes") is None else e[f"{m}_live_peak_bytes"] / 2**20
            for m in MEMORY_METHODS},
         "allocator saving": e.get("allocator_saving"),
+        "enc allocator saving": e.get("enc_allocator_saving"),
+        "dec allocator saving": e.get("dec_allocator_saving"),
     } for e in done])
     return paper, detail
 
@@ -835,7 +851,9 @@ def write_grid_report(summary: dict, out_dir) -> None:
           "beforehand) of one training step of the trained model on one representative batch (the middle of the "
           "length-sorted training set), with every method: BPTT, checkpointing (Chen et al., sqrt(T) pieces per "
           "side), Gruslys et al.'s policy (5% slot budget per side) and the reversible method; `allocator saving` "
-          "is BPTT's peak over the reversible method's. Times: training only (evaluation excluded), wall-clock on a machine that may be shared with other "
+          "is BPTT's peak over the reversible method's. `enc`/`dec allocator saving`: per side, the live bytes "
+          "its forward pass leaves for the backward pass (graph or buffers, stored states, the context for the "
+          "encoder), BPTT's over the reversible method's. Times: training only (evaluation excluded), wall-clock on a machine that may be shared with other "
           "work, so only roughly comparable.\n", _markdown(detail),
           "## Status of each grid point\n", "\n".join(status_lines), "\n",
           "## Differences from the paper\n", _DIFFERENCES.format(epochs=cfg.epochs, hidden=cfg.hidden_size,

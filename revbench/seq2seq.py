@@ -443,13 +443,14 @@ class BatchRun:
     attention/loss of one decoder step. Build one per training step (``keep_words=True`` to reverse)."""
 
     def __init__(self, model: Seq2Seq, src, src_lengths, tgt_in, tgt_out, tgt_lengths, keep_words: bool = False,
-                 normalize: str = "tokens"):
+                 normalize: str = "tokens", on_phase=None):
         if normalize not in ("tokens", "sents"):
             raise ValueError(f"normalize must be 'tokens' (mean over target tokens) or 'sents' (sum over tokens / "
                              f"sentences, OpenNMT's default), got {normalize!r}")
         src_lengths, tgt_lengths = _validate_batch(model, src, src_lengths, tgt_in, tgt_out, tgt_lengths)
         dev = model.device
         self.model = model
+        self.on_phase = on_phase
         self.src, self.tgt_in = src.to(dev), tgt_in.to(dev)
         self.S, self.B = self.src.shape
         self.T = self.tgt_in.shape[0]
@@ -466,6 +467,12 @@ class BatchRun:
                          self.B, self.dtype, dev, slice_dim=spec.slice_dim)
         self.dec = _Side(model.dec_cells, self._tgt_embed, self.masks.dec_between, self.tgt_mask, keep_words,
                          self.B, self.dtype, dev)
+
+    def phase(self, name: str) -> None:
+        """Tell the ``on_phase`` callback (if any) that a phase ended: ``"encoded"`` (the encoder's forward pass:
+        what it holds now is what it keeps for its backward) or ``"decoded"`` (the same for the decoder)."""
+        if self.on_phase is not None:
+            self.on_phase(name)
 
     def _src_embed(self, t):
         x = embedding_into(self.model.src_emb.weight, self.src[t], None)
@@ -581,10 +588,14 @@ class Seq2SeqMethod:
     def check_model(self, model):
         pass
 
-    def step(self, model: Seq2Seq, src, src_lengths, tgt_in, tgt_out, tgt_lengths) -> StepOutput:
+    def step(self, model: Seq2Seq, src, src_lengths, tgt_in, tgt_out, tgt_lengths, on_phase=None) -> StepOutput:
+        """``on_phase(name)``, if given, is called with ``"start"`` before anything of the batch is built, then
+        ``"encoded"`` and ``"decoded"`` at the end of each side's forward pass (memory meters read it)."""
         self.check_model(model)
+        if on_phase is not None:
+            on_phase("start")
         run = BatchRun(model, src, src_lengths, tgt_in, tgt_out, tgt_lengths, keep_words=self.keep_words,
-                       normalize=self.normalize)
+                       normalize=self.normalize, on_phase=on_phase)
         loss, extra = self.run(run)
         stats = run.stats()
         stats["loss_divisor"] = run.divisor
@@ -592,9 +603,10 @@ class Seq2SeqMethod:
         stats["method"] = self.name
         return StepOutput(loss=loss.detach(), state=None, stats=stats)
 
-    def step_batch(self, model, batch) -> StepOutput:
+    def step_batch(self, model, batch, on_phase=None) -> StepOutput:
         """``step`` on a ``revbench.nmt_data.Batch``."""
-        return self.step(model, batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, batch.tgt_lengths)
+        return self.step(model, batch.src, batch.src_lengths, batch.tgt_in, batch.tgt_out, batch.tgt_lengths,
+                         on_phase=on_phase)
 
     def run(self, run: BatchRun):
         raise NotImplementedError
@@ -619,12 +631,14 @@ class Seq2SeqBPTT(Seq2SeqMethod):
         with torch.enable_grad():
             hidden = torch.stack([o[:, :D] for o in outs]) if D else None
             ctx = run.context(hidden)
+        run.phase("encoded")
         dec = run.dec.start_from(carry)
         losses = []
         for t in range(run.T):
             dec, top = run.dec.advance(t, dec, grad=True)
             with torch.enable_grad():
                 losses.append(run.step_loss(t, top, ctx))
+        run.phase("decoded")
         total = torch.stack(losses).sum()
         total.backward()
         return total, {"stored_states_peak": run.S + run.T}
@@ -656,9 +670,11 @@ class Seq2SeqReversible(Seq2SeqMethod):
             if all_hidden:
                 stored.append(out)
         enc_final = enc
+        run.phase("encoded")
         dec = run.dec.start_from(enc_final)
         for t in range(run.T):
             dec, _ = run.dec.advance(t, dec, grad=False)
+        run.phase("decoded")
         # 2. the stored hidden part of the context, as one leaf that collects its gradient over decoder steps
         if all_hidden:
             hidden = torch.stack(stored).requires_grad_()
@@ -715,12 +731,16 @@ class _PlannedSide:
     for the encoder the scalar sum(top[:, :D] * dL/dslice_t), whose gradient is exactly the context gradient
     that reaches step t's stored hidden units (its value means nothing and is not reported)."""
 
-    def __init__(self, side: _Side, T: int, step_loss):
+    def __init__(self, side: _Side, T: int, step_loss, on_end=None):
         self.side, self.T, self.step_loss = side, T, step_loss
         self.counters = side.counters
+        self.on_end = on_end                  # called once, when the plan first reaches state T
 
     def advance(self, t, carry, grad=False):
         nxt, top = self.side.advance(t, carry, grad=grad)
+        if t == self.T - 1 and self.on_end is not None:
+            self.on_end()
+            self.on_end = None
         if not grad:
             return nxt, None
         with torch.enable_grad():
@@ -769,7 +789,9 @@ class Seq2SeqPlanned(Seq2SeqMethod):
                 stored.append(out[:, :D])
         hidden = torch.stack(stored).requires_grad_() if D else None
         del stored
-        dec_side = _PlannedSide(run.dec, run.T, lambda t, top: run.step_loss(t, top, run.context(hidden)))
+        run.phase("encoded")
+        dec_side = _PlannedSide(run.dec, run.T, lambda t, top: run.step_loss(t, top, run.context(hidden)),
+                                on_end=lambda: run.phase("decoded"))
         dec0 = run.dec.start_from(enc)
         dec_ex = execute(self.planner.make_plan(dec_side, dec0), dec_side, dec0, grad_initial=True)   # 2. decoder
         hidden_grad = None if hidden is None else hidden.grad
