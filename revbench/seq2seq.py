@@ -766,15 +766,29 @@ class Seq2SeqPlanned(Seq2SeqMethod):
     3. Encoder plan, from the gradient w.r.t. its final state; each recomputed step receives the context
        gradient of its stored units.
     A stored state costs ``Carry.nbytes()`` (ints, floats and the live buffer for reversible cells; no word
-    stack is kept). Stats add ``enc_*`` / ``dec_*`` plan counts (``stored_states_peak``, ``slots_peak``, ...)."""
+    stack is kept). Stats add ``enc_*`` / ``dec_*`` plan counts (``stored_states_peak``, ``slots_peak``, ...).
+    Sentences vary in length, so a fixed ``segments`` for checkpointing is an upper bound: a side shorter than
+    ``segments`` steps is split into single steps."""
 
     def __init__(self, name: str, normalize: str = "tokens", **options):
         from .methods import get as get_lm_method
 
-        self.name, self.normalize = name, normalize
+        self.name, self.normalize, self._options = name, normalize, options
         self.planner = get_lm_method(name, **options)       # validates the options as for the language model
         if not hasattr(self.planner, "make_plan"):
             raise ValueError(f"method {name!r} does not recompute from a plan; it cannot run on the encoder-decoder")
+        self._short = {}                                    # T -> planner for sides shorter than `segments`
+
+    def _plan(self, side, carry0):
+        from .methods import get as get_lm_method
+
+        segments = getattr(self.planner, "segments", None)
+        planner = self.planner
+        if segments is not None and segments > side.T:
+            if side.T not in self._short:
+                self._short[side.T] = get_lm_method(self.name, **{**self._options, "segments": side.T})
+            planner = self._short[side.T]
+        return planner.make_plan(side, carry0)
 
     def run(self, run):
         from baselines.executor import execute
@@ -793,7 +807,7 @@ class Seq2SeqPlanned(Seq2SeqMethod):
         dec_side = _PlannedSide(run.dec, run.T, lambda t, top: run.step_loss(t, top, run.context(hidden)),
                                 on_end=lambda: run.phase("decoded"))
         dec0 = run.dec.start_from(enc)
-        dec_ex = execute(self.planner.make_plan(dec_side, dec0), dec_side, dec0, grad_initial=True)   # 2. decoder
+        dec_ex = execute(self._plan(dec_side, dec0), dec_side, dec0, grad_initial=True)   # 2. decoder
         hidden_grad = None if hidden is None else hidden.grad
         hidden = None                               # the decoder is done with the context
 
@@ -803,7 +817,7 @@ class Seq2SeqPlanned(Seq2SeqMethod):
             return (top[:, :D] * hidden_grad[s]).sum()
 
         enc_side = _PlannedSide(run.enc, run.S, enc_loss)
-        enc_ex = execute(self.planner.make_plan(enc_side, enc0), enc_side, enc0,            # 3. encoder
+        enc_ex = execute(self._plan(enc_side, enc0), enc_side, enc0,            # 3. encoder
                          grad_final=dec_ex.initial_grads)
         total = torch.stack(dec_ex.losses).sum()
         extra = {"stored_states_peak": enc_ex.stats.stored_states_peak + dec_ex.stats.stored_states_peak}

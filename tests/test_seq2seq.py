@@ -143,7 +143,8 @@ def test_reversible_gradients_equal_bptt_float64_with_dropout(cell, context):
         assert a.stats[key] == b.stats[key]               # the same exact forward
 
 
-PLANNED = [("checkpoint", {}), ("checkpoint", {"segments": 2}), ("checkpoint", {"recursive": True}),
+PLANNED = [("checkpoint", {}), ("checkpoint", {"segments": 2}), ("checkpoint", {"segments": 50}),
+           ("checkpoint", {"recursive": True}),
            ("gruslys", {"slots": 2}), ("gruslys", {"slots": 3, "policy": "mixed"}), ("gruslys", {})]
 
 
