@@ -6,7 +6,11 @@
   Finishes within 10 minutes on 2 CPU cores. CUDA cases are included and skip on a machine without a GPU.
 - ``frontier``: the time-memory frontier at T = 1000 (1-layer LSTM, hidden 256, batch 16, vocab 2000): every baseline at
   budgets of 2 %, 5 % and 10 % of T, and reversible on a RevLSTM of the same size. Tens of minutes on a CPU.
-- ``paper``: the paper's language-model step at 1-3 layers (emb = hidden = 650, batch 20, T = 70).
+- ``paper``: the paper's language-model step at 1-3 layers (emb = hidden = 650, batch 20, T = 70), and the
+  paper's NMT step (RevGRU/RevLSTM encoder-decoder, emb = hidden = 300, batch 64, context emb+h:20).
+
+Encoder-decoder cases (``Case.cfg`` a ``revbench.seq2seq_bench.Seq2SeqBenchConfig``) run in
+``suites/test_seq2seq_steps.py``; the default grid has a CPU-sized set of them.
 - ``large``: long sequences, T up to 10,000.
 """
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .harness import BenchConfig
+from .seq2seq_bench import Seq2SeqBenchConfig
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,16 @@ def default_grid() -> list[Case]:
     cases += _cases(pair, [BenchConfig()])                     # the paper-sized 1-layer RevLSTM (core issue)
     gpu = BenchConfig(device="cuda")
     cases += _cases(pair, [gpu]) + _cases([("bptt", {}), ("bptt-fused", {})], [gpu.with_(cell="lstm", max_forget_bits=None)])
-    return cases
+    return cases + seq2seq_default_cases()
+
+
+def seq2seq_default_cases() -> list[Case]:
+    """The encoder-decoder step side by side: RevGRU (context emb+h:20) with every method, the GRU baseline
+    (attention over all hidden states) with the recomputing ones; batch 16, sentences up to 20 steps."""
+    rev = Seq2SeqBenchConfig(batch_size=16, src_len=20, tgt_len=20)
+    recompute = [("checkpoint", {}), ("gruslys", {"budget": 0.1, "policy": "hsm"})]
+    return (_cases([("bptt", {}), ("reversible", {}), *recompute], [rev])
+            + _cases([("bptt", {}), *recompute], [rev.with_(cell="gru", context="all", max_forget_bits=None)]))
 
 
 def frontier_grid() -> list[Case]:
@@ -72,6 +86,9 @@ def paper_grid() -> list[Case]:
         for cell in ("revlstm", "revgru"):
             cfg = BenchConfig(cell=cell, num_layers=layers)
             cases += _cases([("bptt", {}), ("reversible", {})], [cfg], rounds=2)
+    nmt = Seq2SeqBenchConfig(hidden_size=300, emb_size=300, batch_size=64, src_len=30, tgt_len=30, vocab_size=10000)
+    for cell in ("revgru", "revlstm"):          # the paper's Multi30K model (sentences up to 30 tokens)
+        cases += _cases([("bptt", {}), ("reversible", {})], [nmt.with_(cell=cell)], rounds=2)
     return cases
 
 

@@ -109,7 +109,7 @@ def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, w
     figures = memory.measure(lambda: outs.append(wl.step(method)), memory.default_meters(cfg.device, params))
     stats = outs[0].stats
     outs.clear()
-    record = {"record_schema": RECORD_SCHEMA, **method_identity(method), "config_id": cfg.config_id}
+    record = {"record_schema": RECORD_SCHEMA, "kind": "lm", **method_identity(method), "config_id": cfg.config_id}
     record.update({k: v for k, v in asdict(cfg).items() if k != "seed"})
     # the limit applies to cells that forget through the buffer; ordinary and no-forgetting cells have none
     record["max_forget_bits"] = cfg.max_forget_bits if cfg.cell in ("revgru", "revlstm") else None

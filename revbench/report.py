@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from revbench.results import add_relative_columns, forget_order, load_benchmarks
+from revbench.results import add_relative_columns, forget_order, load_benchmarks, split_kinds
 
 MIB = float(1 << 20)
 METHOD_FAMILY_ORDER = ("bptt", "checkpoint", "gruslys", "reversible")
@@ -893,10 +893,12 @@ def fig_buffer_efficiency(df):
 
 @dataclass(frozen=True)
 class Section:
-    """One part of the report: `build(df)` returns an HTML fragment."""
+    """One part of the report: `build(df)` returns an HTML fragment. `kind`: which records it is built from
+    ("lm": language-model steps, "seq2seq": encoder-decoder steps, "all")."""
     key: str
     title: str
     build: Callable
+    kind: str = "lm"
 
 
 def _figure_section(fn, caption: str, how: Callable, alt: str):
@@ -939,16 +941,34 @@ SECTIONS: tuple[Section, ...] = (
         lambda df: ("bit accounting of the method itself: actual = 64 bits per int64 entry of every buffer chunk "
                     "(plus overflow flags), ideal = Σ −log2 z over time steps, batch and units."),
         "buffer efficiency per forgetting limit")),
-    Section("meters", "Independent memory meters", meters_html),
-    Section("environment", "Environment", environment_html),
+    Section("seq2seq", "Encoder-decoder (attention NMT step)", lambda df: _seq2seq_html(df), kind="seq2seq"),
+    Section("meters", "Independent memory meters", meters_html, kind="all"),
+    Section("environment", "Environment", environment_html, kind="all"),
 )
+
+
+def _seq2seq_html(df) -> str:
+    from .report_seq2seq import seq2seq_html
+
+    return seq2seq_html(df)
+
+
+def _section_body(section: Section, df) -> str:
+    """Build ``section`` from the rows of its kind; a note where the file has none."""
+    if section.kind == "all":
+        return section.build(df)
+    lm, s2s = split_kinds(df)
+    rows = lm if section.kind == "lm" else s2s
+    if section.kind == "lm" and not len(rows):
+        return note_html("no language-model benchmarks in this file")
+    return section.build(rows)
 
 
 def section_html(df, key: str) -> str:
     """The HTML fragment of one report section (also used by the notebook)."""
     for s in SECTIONS:
         if s.key == key:
-            return s.build(df)
+            return _section_body(s, df)
     raise KeyError(f"no report section {key!r}; known: {', '.join(s.key for s in SECTIONS)}")
 
 
@@ -971,7 +991,7 @@ def build_report_html(df, title: str = "revbench benchmark report",
     for s in SECTIONS:
         slug = _slug(s.key, used)
         toc.append((slug, s.title))
-        body.append(f'<section id="{slug}"><h2>{_esc(s.title)}</h2>{s.build(df)}</section>')
+        body.append(f'<section id="{slug}"><h2>{_esc(s.title)}</h2>{_section_body(s, df)}</section>')
     for t, frag in extra_sections:
         slug = _slug(t, used)
         toc.append((slug, t))

@@ -36,9 +36,18 @@ WORK_INT = ("forward_steps", "reverse_steps", "stored_states_peak")
 ENV_STR = ("torch_version", "python_version", "platform", "device_name", "commit", "hostname", "peak_bytes_meter")
 ENV_INT = ("cpu_count",)
 
-INT_KEYS = IDENTITY_INT + MEMORY_BYTES + WORK_INT + ENV_INT + ("max_forget_bits",)
-FLOAT_KEYS = BITS + RATIOS
-STR_KEYS = IDENTITY_STR + ENV_STR
+# encoder-decoder records (kind "seq2seq", revbench.seq2seq_bench): per-side figures
+SEQ2SEQ_STR = ("kind", "context")
+SEQ2SEQ_INT = ("src_len", "tgt_len", "enc_held_bytes", "dec_held_bytes")
+SEQ2SEQ_FLOAT = ("enc_state_bits_baseline", "enc_buffer_bits_actual", "enc_buffer_bits_ideal", "enc_context_bits_actual",
+                 "enc_saving_actual", "enc_saving_ideal", "dec_state_bits_baseline", "dec_buffer_bits_actual",
+                 "dec_buffer_bits_ideal", "dec_saving_actual", "dec_saving_ideal", "enc_allocator_saving",
+                 "dec_allocator_saving")
+KIND_LM, KIND_SEQ2SEQ = "lm", "seq2seq"
+
+INT_KEYS = IDENTITY_INT + MEMORY_BYTES + WORK_INT + ENV_INT + ("max_forget_bits",) + SEQ2SEQ_INT
+FLOAT_KEYS = BITS + RATIOS + SEQ2SEQ_FLOAT
+STR_KEYS = IDENTITY_STR + ENV_STR + SEQ2SEQ_STR
 RECORD_KEYS = ("record_schema",) + IDENTITY_STR + IDENTITY_INT + ("max_forget_bits",) + MEMORY_BYTES + (
     "peak_bytes_meter",) + BITS + RATIOS + WORK_INT + ENV_STR + ENV_INT
 
@@ -120,6 +129,8 @@ def benchmarks_from_dict(data: Any, source="<data>") -> "pandas.DataFrame":  # n
         else:
             frame[col] = pd.Series(values, dtype=object)
     df = pd.DataFrame(frame)
+    # records without a kind (written before encoder-decoder benchmarks existed) are language-model steps
+    df["kind"] = [KIND_LM if k is None else k for k in (df["kind"] if "kind" in df else [None] * len(df))]
     df["forget_label"] = [forget_label(v, c) for v, c in zip(df["max_forget_bits"], df["cell"])]
     df.attrs.update({
         "source": str(source),
@@ -129,6 +140,14 @@ def benchmarks_from_dict(data: Any, source="<data>") -> "pandas.DataFrame":  # n
         "version": data.get("version"),
     })
     return df
+
+
+def split_kinds(df):
+    """(language-model rows, encoder-decoder rows) of a benchmark DataFrame, each keeping ``df.attrs``."""
+    s2s = df["kind"] == KIND_SEQ2SEQ
+    lm, enc_dec = df[~s2s].copy(), df[s2s].copy()
+    lm.attrs, enc_dec.attrs = dict(df.attrs), dict(df.attrs)
+    return lm, enc_dec
 
 
 REVERSIBLE_CELL_PREFIXES = ("rev", "nf-rev")

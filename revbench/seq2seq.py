@@ -588,6 +588,15 @@ class Seq2SeqMethod:
     def check_model(self, model):
         pass
 
+    def options(self) -> dict:
+        """The options that make this method differ from its defaults (the normalisation is the batch's, not
+        the method's, so it is not one)."""
+        return {}
+
+    def label(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options().items()))
+        return f"{self.name}({opts})" if opts else self.name
+
     def step(self, model: Seq2Seq, src, src_lengths, tgt_in, tgt_out, tgt_lengths, on_phase=None) -> StepOutput:
         """``on_phase(name)``, if given, is called with ``"start"`` before anything of the batch is built, then
         ``"encoded"`` and ``"decoded"`` at the end of each side's forward pass (memory meters read it)."""
@@ -779,6 +788,9 @@ class Seq2SeqPlanned(Seq2SeqMethod):
             raise ValueError(f"method {name!r} does not recompute from a plan; it cannot run on the encoder-decoder")
         self._short = {}                                    # T -> planner for sides shorter than `segments`
 
+    def options(self) -> dict:
+        return self.planner.options()
+
     def _plan(self, side, carry0):
         from .methods import get as get_lm_method
 
@@ -823,7 +835,7 @@ class Seq2SeqPlanned(Seq2SeqMethod):
         extra = {"stored_states_peak": enc_ex.stats.stored_states_peak + dec_ex.stats.stored_states_peak}
         for side, ex in (("enc", enc_ex), ("dec", dec_ex)):
             extra.update({f"{side}_{k}": v for k, v in ex.stats.as_dict().items() if k != "forward_steps"})
-        extra.update(self.planner.options())
+        extra.update(self.options())
         return total, extra
 
 

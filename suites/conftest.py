@@ -1,11 +1,13 @@
 """pytest-benchmark suites: `pytest suites/ --benchmark-json out.json [--revbench-grid default|frontier|paper|large]`.
 
-Each case is one method on one configuration; see revbench/grids.py.
+Each case is one method on one configuration; see revbench/grids.py. Language-model cases run in test_steps.py
+(fixture ``case``), encoder-decoder cases in test_seq2seq_steps.py (fixture ``s2s_case``).
 """
 import pytest
 
 from revbench.grids import GRIDS, get_grid
 from revbench.harness import BaselineCache
+from revbench.seq2seq_bench import Seq2SeqBaselineCache, Seq2SeqBenchConfig
 
 
 def pytest_addoption(parser):
@@ -17,14 +19,21 @@ def pytest_addoption(parser):
 
 
 def pytest_generate_tests(metafunc):
-    if "case" in metafunc.fixturenames:
-        cases = get_grid(metafunc.config.getoption("--revbench-grid"))
-        sub = metafunc.config.getoption("--revbench-filter")
-        if sub:
-            cases = [c for c in cases if sub in c.id]
-        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+    for name in ("case", "s2s_case"):
+        if name in metafunc.fixturenames:
+            cases = get_grid(metafunc.config.getoption("--revbench-grid"))
+            cases = [c for c in cases if isinstance(c.cfg, Seq2SeqBenchConfig) == (name == "s2s_case")]
+            sub = metafunc.config.getoption("--revbench-filter")
+            if sub:
+                cases = [c for c in cases if sub in c.id]
+            metafunc.parametrize(name, cases, ids=[c.id for c in cases])
 
 
 @pytest.fixture(scope="session")
 def bptt_peaks():
     return BaselineCache()
+
+
+@pytest.fixture(scope="session")
+def s2s_bptt():
+    return Seq2SeqBaselineCache()
