@@ -4,7 +4,7 @@ Benchmarks are matched on (`name`, `config_id`, `method`, `method_options`). For
 matched pair each figure is compared:
 
 - memory figures: every column ending in `_bytes` plus `buffer_bits_actual` and
-  `buffer_bits_ideal`; a figure regresses when new > base * (1 + threshold), default
+  `buffer_bits_ideal` (and their `enc_`/`dec_` forms of encoder-decoder records); a figure regresses when new > base * (1 + threshold), default
   threshold 1% (`memory_threshold`); `per_figure` overrides it per figure (None = report
   but do not gate). Bytes are deterministic for a configuration, so the gate can be tight;
   the sampled/process-level meters get looser defaults (DEFAULT_FIGURE_THRESHOLDS).
@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 MIB = float(1 << 20)
 KEY = ("name", "config_id", "method", "method_options")
 TIME_FIGURE = "time_median_s"
-BUFFER_BITS = ("buffer_bits_actual", "buffer_bits_ideal")
+BUFFER_BITS = ("buffer_bits_actual", "buffer_bits_ideal",        # the language model's; the encoder-decoder's per side:
+               "enc_buffer_bits_actual", "enc_buffer_bits_ideal", "dec_buffer_bits_actual", "dec_buffer_bits_ideal")
 # Meters that sample the process or the whole device are noisier than the allocator and the live-tensor meter.
 DEFAULT_FIGURE_THRESHOLDS = {
     "rss_peak_delta_bytes": 0.25,
