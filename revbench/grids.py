@@ -66,7 +66,8 @@ def seq2seq_default_cases() -> list[Case]:
     rev = Seq2SeqBenchConfig(batch_size=16, src_len=20, tgt_len=20)
     recompute = [("checkpoint", {}), ("gruslys", {"budget": 0.1, "policy": "hsm"})]
     return (_cases([("bptt", {}), ("reversible", {}), *recompute], [rev])
-            + _cases([("bptt", {}), *recompute], [rev.with_(cell="gru", context="all", max_forget_bits=None)]))
+            + _cases([("bptt", {}), *recompute], [rev.with_(cell="gru", context="all", max_forget_bits=None)])
+            + _cases([("bptt", {}), ("reversible", {})], [rev.with_(device="cuda")]))      # skip without a GPU
 
 
 def frontier_grid() -> list[Case]:
