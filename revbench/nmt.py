@@ -903,7 +903,14 @@ _DIFFERENCES = """- Model size and training length: hidden = embedding = {hidden
   show the information forgotten.
 - Padding: padded target steps leave the decoder state and buffer unchanged (the reference's decoder
   masking was a no-op), so savings count only valid tokens.
-- BLEU: tokenised, lower-cased corpus BLEU (sacrebleu with tokenize='none', = multi-bleu.perl) on test2016."""
+- BLEU: tokenised, lower-cased corpus BLEU (sacrebleu with tokenize='none', = multi-bleu.perl) on test2016.
+  Beam search ranks hypotheses by raw log-probability (length penalty 0, OpenNMT's default), so a weakly
+  trained model can prefer very short outputs (a lone "."): its beam BLEU can fall below its greedy BLEU
+  (`--length-penalty` changes the ranking).
+- Memory per method: the whole step's live peak of every method is close to the reversible method's here,
+  because one decoder step's vocabulary-sized logits and their gradients (recomputed by every saving
+  method) dominate a short-sentence step; the per-side held bytes show what each method keeps for the
+  backward pass."""
 
 
 __all__ = ["NMTConfig", "CONFIGS", "PAPER_LR", "CheckpointError", "make_config", "load_corpus", "build_model",
