@@ -52,18 +52,24 @@ class BenchConfig:
         return self.cell.startswith(("rev", "nf-rev"))
 
 
+def target_dtype(cfg) -> torch.dtype:
+    """The torch dtype of a configuration's ``dtype``, after checking that its ``device`` exists here."""
+    if cfg.dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"configuration asks for {cfg.device} but no CUDA device is available")
+    return _DTYPES[cfg.dtype]
+
+
 class Workload:
     """The model, one segment of inputs/targets and the initial state of a configuration."""
 
     def __init__(self, cfg: BenchConfig):
-        if cfg.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"configuration asks for {cfg.device} but no CUDA device is available")
+        dtype = target_dtype(cfg)
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model = RNNLM(cfg.vocab_size, cfg.emb_size, cfg.hidden_size, cfg.num_layers, cell=cfg.cell,
-                           max_forget_bits=cfg.max_forget_bits).to(device=cfg.device, dtype=_DTYPES[cfg.dtype])
+                           max_forget_bits=cfg.max_forget_bits).to(device=cfg.device, dtype=dtype)
         g = torch.Generator().manual_seed(cfg.seed + 1)
         shape = (cfg.seq_len, cfg.batch_size)
         self.inputs = torch.randint(0, cfg.vocab_size, shape, generator=g).to(cfg.device)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from . import memory
-from .harness import RECORD_SCHEMA, _DTYPES, method_identity
+from .harness import RECORD_SCHEMA, method_identity, target_dtype
 from .seq2seq import Seq2Seq, get_method
 
 KIND = "seq2seq"
@@ -76,10 +76,7 @@ class Seq2SeqWorkload:
     def __init__(self, cfg: Seq2SeqBenchConfig):
         from .nmt_data import make_batch
 
-        if cfg.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"configuration asks for {cfg.device} but no CUDA device is available")
+        dtype = target_dtype(cfg)
         for name in ("src_len", "tgt_len", "batch_size"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {getattr(cfg, name)!r}")
@@ -87,7 +84,7 @@ class Seq2SeqWorkload:
         torch.manual_seed(cfg.seed)
         self.model = Seq2Seq(cfg.vocab_size, cfg.vocab_size, cfg.emb_size, cfg.hidden_size, cfg.num_layers,
                              cell=cfg.cell, max_forget_bits=cfg.max_forget_bits if cfg.reversible else None,
-                             context=cfg.context).to(device=cfg.device, dtype=_DTYPES[cfg.dtype])
+                             context=cfg.context).to(device=cfg.device, dtype=dtype)
         g = torch.Generator().manual_seed(cfg.seed + 1)
         # the target side gets an EOS appended by make_batch: draw tgt_len - 1 tokens so T = tgt_len
         srcs, tgts = _lengths(cfg.batch_size, cfg.src_len), _lengths(cfg.batch_size, max(1, cfg.tgt_len - 1))

@@ -17,13 +17,7 @@ FUSED = ("gru", "lstm")
 TINY = dict(vocab=10, emb=4, hidden=4)        # keeps T = 301 cheap; reversible cells need an even hidden size
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (several times slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_configs(T):

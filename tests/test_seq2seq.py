@@ -5,13 +5,7 @@ import torch
 from revbench.nmt_data import EOS_INDEX, make_batch
 from revbench.seq2seq import BatchRun, ContextSpec, Seq2Seq, encode, evaluate_batch, get_method
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny ops: one intra-op thread is faster (and fair to a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SRC_V, TGT_V = 30, 25

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from revbench.report import render_report
 from revbench.results import load_benchmarks, split_kinds
@@ -17,17 +16,11 @@ TINY = Seq2SeqBenchConfig(hidden_size=16, emb_size=8, batch_size=4, src_len=7, t
                           context="emb+h:3")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def records():
-    torch.set_num_threads(1)
+def records(one_thread):
     cache, out = Seq2SeqBaselineCache(), {}
     for name, opts in (("bptt", {}), ("reversible", {}), ("checkpoint", {}), ("gruslys", {"slots": 2})):
         rec = measure_seq2seq(get_method(name, **opts), TINY)
