@@ -747,13 +747,14 @@ class _PlannedSide:
 
     def advance(self, t, carry, grad=False):
         nxt, top = self.side.advance(t, carry, grad=grad)
+        loss = None
+        if grad:
+            with torch.enable_grad():
+                loss = self.step_loss(t, top)
         if t == self.T - 1 and self.on_end is not None:
-            self.on_end()
+            self.on_end()                     # after the step's loss: the held bytes include its graph
             self.on_end = None
-        if not grad:
-            return nxt, None
-        with torch.enable_grad():
-            return nxt, self.step_loss(t, top)
+        return nxt, loss
 
     def leaf(self, carry):
         return self.side.leaf(carry)
