@@ -88,8 +88,9 @@ def paper_grid() -> list[Case]:
             cfg = BenchConfig(cell=cell, num_layers=layers)
             cases += _cases([("bptt", {}), ("reversible", {})], [cfg], rounds=2)
     nmt = Seq2SeqBenchConfig(hidden_size=300, emb_size=300, batch_size=64, src_len=30, tgt_len=30, vocab_size=10000)
+    every = [("bptt", {}), ("reversible", {}), ("checkpoint", {}), ("gruslys", {"budget": 0.1, "policy": "hsm"})]
     for cell in ("revgru", "revlstm"):          # the paper's Multi30K model (sentences up to 30 tokens)
-        cases += _cases([("bptt", {}), ("reversible", {})], [nmt.with_(cell=cell)], rounds=2)
+        cases += _cases(every, [nmt.with_(cell=cell)], rounds=2)
     return cases
 
 
