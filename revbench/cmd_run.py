@@ -61,9 +61,12 @@ def main(args: argparse.Namespace) -> int:
         try:
             df = load_benchmarks(tmp_json)
         except BenchmarkFileError as exc:
-            print(f"revbench run: failed: the suite wrote no usable results: {exc}", file=sys.stderr)
+            hint = f" (no case matched --filter {args.filter!r}?)" if args.filter else ""
+            print(f"revbench run: failed: the suite wrote no usable results{hint}: {exc}; earlier results in "
+                  f"{out_dir} were left untouched", file=sys.stderr)
             return EXIT_FAILED
         os.replace(tmp_json, final_json)
+        df.attrs["source"] = str(final_json)        # the report names the file it was built from, not the temp file
     finally:
         if tmp_json.exists():
             tmp_json.unlink()
