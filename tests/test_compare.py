@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -15,17 +14,7 @@ from revbench import cli
 from revbench.compare import (MISSING, REGRESSED, SKIPPED, UNCHANGED, WARN, WITHIN, compare,
                               is_comparable_figure)
 from revbench.results import benchmarks_from_dict
-
-
-def _load_builder():
-    path = Path(__file__).parent / "fixtures" / "benchjson.py"
-    spec = importlib.util.spec_from_file_location("revbench_test_benchjson", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-benchjson = _load_builder()
+from tests.fixtures import benchjson
 
 
 @pytest.fixture(scope="module")

@@ -1,25 +1,17 @@
 """reports/benchmarks.ipynb runs headless (nbclient, python3 kernel) against a fixture benchmark JSON."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from revbench.results import load_benchmarks
+from tests.fixtures import benchjson
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "reports" / "benchmarks.ipynb"
 SAMPLE = REPO / "reports" / "sample-benchmarks.json"
-
-
-def _load_builder():
-    path = Path(__file__).parent / "fixtures" / "benchjson.py"
-    spec = importlib.util.spec_from_file_location("revbench_test_benchjson", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_committed_sample_is_a_valid_benchmark_file():
@@ -46,8 +38,7 @@ def test_notebook_executes_against_a_fixture(tmp_path, monkeypatch):
     except NoSuchKernel:
         pytest.skip("no 'python3' Jupyter kernel installed (pip install ipykernel)")
 
-    builder = _load_builder()
-    fixture = builder.write_benchmark_json(tmp_path / "fixture-benchmarks.json", cells=("revlstm",),
+    fixture = benchjson.write_benchmark_json(tmp_path / "fixture-benchmarks.json", cells=("revlstm",),
                                            seq_lens=(35, 70))
     n_benchmarks = len(json.loads(fixture.read_text())["benchmarks"])
     monkeypatch.setenv("REVBENCH_JSON", str(fixture))

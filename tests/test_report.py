@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -19,19 +18,11 @@ from revbench import cli
 from revbench.report import (check_self_contained, dataframe_to_html_table, fmt_ratio, headline_table,
                              pareto_optimal, render_report, summary_table)
 from revbench.results import load_benchmarks
+from tests.fixtures import benchjson
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-def _load_builder():
-    path = Path(__file__).parent / "fixtures" / "benchjson.py"
-    spec = importlib.util.spec_from_file_location("revbench_test_benchjson", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-benchjson = _load_builder()
 SECTION_TITLES = ("Summary", "Activation memory against sequence length", "Time-memory frontier",
                   "Memory-saving ratios per forgetting limit", "Buffer efficiency", "Independent memory meters",
                   "Environment")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,17 +11,7 @@ import pytest
 
 from revbench.results import (RECORD_SCHEMA, BenchmarkFileError, add_relative_columns, forget_label, forget_order,
                               load_benchmarks)
-
-
-def _load_builder():
-    path = Path(__file__).parent / "fixtures" / "benchjson.py"
-    spec = importlib.util.spec_from_file_location("revbench_test_benchjson", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-benchjson = _load_builder()
+from tests.fixtures import benchjson
 
 
 @pytest.fixture(scope="module")

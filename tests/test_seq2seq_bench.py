@@ -1,8 +1,6 @@
 """The encoder-decoder benchmark record (revbench.seq2seq_bench) and its report section."""
 import copy
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,6 +9,7 @@ from revbench.results import load_benchmarks, split_kinds
 from revbench.seq2seq import get_method
 from revbench.seq2seq_bench import (Seq2SeqBaselineCache, Seq2SeqBenchConfig, Seq2SeqWorkload, add_side_savings,
                                     measure_seq2seq, supports)
+from tests.fixtures import benchjson
 
 TINY = Seq2SeqBenchConfig(hidden_size=16, emb_size=8, batch_size=4, src_len=7, tgt_len=6, vocab_size=50,
                           context="emb+h:3")
@@ -56,10 +55,7 @@ def test_record_identity_and_per_side_figures(records):
 
 
 def _doc_with(records):
-    spec = importlib.util.spec_from_file_location("bj", Path(__file__).parent / "fixtures" / "benchjson.py")
-    bj = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bj)
-    doc = bj.build_benchmark_json(methods=(("bptt", {}), ("reversible", {})), seq_lens=(35, 70))
+    doc = benchjson.build_benchmark_json(methods=(("bptt", {}), ("reversible", {})), seq_lens=(35, 70))
     template = doc["benchmarks"][0]
     for rec in records.values():
         entry = copy.deepcopy(template)
