@@ -12,20 +12,16 @@ import shlex
 import sys
 from pathlib import Path
 
+from revbench.cmd_train import forget_bits
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
 
 def _forget_bits(text: str):
-    if text.lower() in ("none", "nolimit", "no-limit"):
-        return None
-    try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int from 1 to 10 or 'none' (no limit), got {text!r}") from None
-    if not 1 <= k <= 10:
-        raise argparse.ArgumentTypeError(f"expected an int from 1 to 10 or 'none' (no limit), got {k}")
-    return k
+    """``revbench train lm``'s parser of the limit, with 'none' as None (this CLI marks "not given" otherwise)."""
+    k = forget_bits(text)
+    return None if k == "none" else k
 
 
 _UNSET = object()
