@@ -104,6 +104,18 @@ def supports(method_name: str, cell: str) -> tuple[bool, str]:
     return True, ""
 
 
+def base_record(kind: str, method, cfg, figures: dict) -> dict:
+    """What every record starts with: schema, kind, the method's identity, the configuration (its fields and
+    ``config_id``; no seed), the headline peak and every meter's figures. The environment comes last."""
+    record = {"record_schema": RECORD_SCHEMA, "kind": kind, **method_identity(method), "config_id": cfg.config_id}
+    record.update({k: v for k, v in asdict(cfg).items() if k != "seed"})
+    # the limit applies to cells that forget through the buffer; ordinary and no-forgetting cells have none
+    record["max_forget_bits"] = cfg.max_forget_bits if cfg.cell in ("revgru", "revlstm") else None
+    record.update(memory.peak_figures(figures))
+    record.update(figures)
+    return record
+
+
 def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, warmup: int = 1) -> dict:
     """Warm up, then measure one step of ``method`` on ``cfg`` with every meter. Returns the record."""
     wl = workload or Workload(cfg)
@@ -115,12 +127,7 @@ def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, w
     figures = memory.measure(lambda: outs.append(wl.step(method)), memory.default_meters(cfg.device, params))
     stats = outs[0].stats
     outs.clear()
-    record = {"record_schema": RECORD_SCHEMA, "kind": "lm", **method_identity(method), "config_id": cfg.config_id}
-    record.update({k: v for k, v in asdict(cfg).items() if k != "seed"})
-    # the limit applies to cells that forget through the buffer; ordinary and no-forgetting cells have none
-    record["max_forget_bits"] = cfg.max_forget_bits if cfg.cell in ("revgru", "revlstm") else None
-    record.update(memory.peak_figures(figures))
-    record.update(figures)
+    record = base_record("lm", method, cfg, figures)
     for key in ("state_bits_baseline", "buffer_bits_actual", "buffer_bits_ideal", "saving_actual", "saving_ideal",
                 "buffer_efficiency", "forward_steps", "reverse_steps", "stored_states_peak"):
         record[key] = stats.get(key)
@@ -144,17 +151,21 @@ def add_allocator_saving(record: dict, bptt_peak: int | None) -> dict:
 
 
 class BaselineCache:
-    """Memoised bptt peaks per configuration, so every record can carry its allocator saving."""
+    """Memoised bptt records per configuration, so every record can carry its savings against bptt.
+    ``measure(cfg)`` measures bptt on a configuration (default: the language-model step)."""
 
-    def __init__(self):
-        self._peaks: dict[str, int | None] = {}
+    def __init__(self, measure=None):
+        self._measure = measure or (lambda cfg: measure_method(methods.get("bptt"), cfg))
+        self._records: dict[str, dict] = {}
 
-    def bptt_peak(self, cfg: BenchConfig) -> int | None:
-        if cfg.config_id not in self._peaks:
-            rec = measure_method(methods.get("bptt"), cfg)
-            self._peaks[cfg.config_id] = rec["peak_bytes"]
-        return self._peaks[cfg.config_id]
+    def bptt(self, cfg) -> dict:
+        if cfg.config_id not in self._records:
+            self._records[cfg.config_id] = self._measure(cfg)
+        return self._records[cfg.config_id]
+
+    def bptt_peak(self, cfg) -> int | None:
+        return self.bptt(cfg).get("peak_bytes")
 
     def remember(self, record: dict) -> None:
         if record.get("method") == "bptt" and record.get("method_options") == "{}":
-            self._peaks[record["config_id"]] = record.get("peak_bytes")
+            self._records[record["config_id"]] = record

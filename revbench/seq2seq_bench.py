@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from . import memory
-from .harness import RECORD_SCHEMA, method_identity, target_dtype
+from .harness import BaselineCache, base_record, target_dtype
 from .seq2seq import Seq2Seq, get_method
 
 KIND = "seq2seq"
@@ -129,12 +129,8 @@ def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload |
     figures = memory.measure(lambda: outs.append(wl.step(method, on_phase)), meters)
     stats = outs[0].stats
     outs.clear()
-    record = {"record_schema": RECORD_SCHEMA, "kind": KIND, **method_identity(method), "config_id": cfg.config_id}
-    record.update({k: v for k, v in asdict(cfg).items() if k != "seed"})
-    record["max_forget_bits"] = cfg.max_forget_bits if cfg.cell in ("revgru", "revlstm") else None
+    record = base_record(KIND, method, cfg, figures)
     record["seq_len"] = cfg.src_len + cfg.tgt_len
-    record.update(memory.peak_figures(figures))
-    record.update(figures)
     if figures.get("live_peak_bytes") is not None and {"start", "encoded", "decoded"} <= set(marks):
         record["enc_held_bytes"] = marks["encoded"] - marks["start"]
         record["dec_held_bytes"] = marks["decoded"] - marks["encoded"]
@@ -174,21 +170,10 @@ def add_side_savings(record: dict, bptt: dict | None) -> dict:
     return record
 
 
-class Seq2SeqBaselineCache:
-    """Memoised bptt records per configuration, so every record carries its allocator savings."""
-
-    def __init__(self):
-        self._records: dict[str, dict] = {}
-
-    def bptt(self, cfg: Seq2SeqBenchConfig) -> dict:
-        if cfg.config_id not in self._records:
-            self._records[cfg.config_id] = measure_seq2seq(get_method("bptt"), cfg)
-        return self._records[cfg.config_id]
-
-    def remember(self, record: dict) -> None:
-        if record.get("method") == "bptt" and record.get("method_options") == "{}":
-            self._records[record["config_id"]] = record
+def bptt_cache() -> BaselineCache:
+    """``revbench.harness.BaselineCache`` of encoder-decoder bptt records."""
+    return BaselineCache(measure=lambda cfg: measure_seq2seq(get_method("bptt"), cfg))
 
 
 __all__ = ["KIND", "Seq2SeqBenchConfig", "Seq2SeqWorkload", "supports", "measure_seq2seq", "add_side_savings",
-           "Seq2SeqBaselineCache"]
+           "bptt_cache"]

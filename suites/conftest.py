@@ -7,7 +7,7 @@ import pytest
 
 from revbench.grids import GRIDS, get_grid
 from revbench.harness import BaselineCache
-from revbench.seq2seq_bench import Seq2SeqBaselineCache, Seq2SeqBenchConfig
+from revbench.seq2seq_bench import Seq2SeqBenchConfig, bptt_cache
 
 
 def pytest_addoption(parser):
@@ -36,4 +36,4 @@ def bptt_peaks():
 
 @pytest.fixture(scope="session")
 def s2s_bptt():
-    return Seq2SeqBaselineCache()
+    return bptt_cache()

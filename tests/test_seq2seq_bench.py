@@ -7,7 +7,7 @@ import pytest
 from revbench.report import render_report
 from revbench.results import load_benchmarks, split_kinds
 from revbench.seq2seq import get_method
-from revbench.seq2seq_bench import (Seq2SeqBaselineCache, Seq2SeqBenchConfig, Seq2SeqWorkload, add_side_savings,
+from revbench.seq2seq_bench import (Seq2SeqBenchConfig, Seq2SeqWorkload, add_side_savings, bptt_cache,
                                     measure_seq2seq, supports)
 from tests.fixtures import benchjson
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def records(one_thread):
-    cache, out = Seq2SeqBaselineCache(), {}
+    cache, out = bptt_cache(), {}
     for name, opts in (("bptt", {}), ("reversible", {}), ("checkpoint", {}), ("gruslys", {"slots": 2})):
         rec = measure_seq2seq(get_method(name, **opts), TINY)
         cache.remember(rec)
