@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from .schedules import Backward, Forward, Free, Plan, check_length, split_tree_plan
+from baselines.schedules import Backward, Forward, Free, Plan, check_length, split_tree_plan
 
 
 def default_segments(T: int) -> int:

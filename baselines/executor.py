@@ -1,7 +1,7 @@
 """One executor for every checkpointing plan, and a counting stand-in for a segment.
 
 ``execute(plan, seg, carry0)`` runs a :class:`baselines.schedules.Plan` over anything with the step API of
-``revbench.segment.Segment`` (``advance``, ``leaf``, ``backward``, ``counters``; see SEGMENT.md) and returns the
+``revbench.models.segment.Segment`` (``advance``, ``leaf``, ``backward``, ``counters``; see SEGMENT.md) and returns the
 per-step losses, the final state and what it counted:
 
 - ``forward_steps``: step evaluations it ran (with or without autograd). It must equal the plan's own figure,
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from .schedules import Backward, BackwardRecorded, Forward, Free, Plan, PlanError, Record
+from baselines.schedules import Backward, BackwardRecorded, Forward, Free, Plan, PlanError, Record
 
 
 @dataclass
@@ -256,7 +256,7 @@ class _Loss:
 
 
 class CountingSegment:
-    """A segment of ``T`` abstract steps with the step API of ``revbench.segment.Segment``, no torch.
+    """A segment of ``T`` abstract steps with the step API of ``revbench.models.segment.Segment``, no torch.
 
     It counts ``advance`` calls in ``counters["forward_steps"]`` and checks the gradient flow: ``advance(t, c)``
     needs ``c`` to be state ``t``; ``backward(losses, carry_end, grads)`` needs ``carry_end``'s graph to run

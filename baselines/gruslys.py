@@ -35,7 +35,7 @@ import numbers
 
 import numpy as np
 
-from .schedules import Plan, check_length, split_tree_plan
+from baselines.schedules import Plan, check_length, split_tree_plan
 
 _INF = 1 << 29          # larger than any cost in the tables (t(t+1)/2 < 2^29 for t < 32000)
 _MAX_T = 30000

@@ -3,7 +3,7 @@
 Quick start::
 
     from revbench import methods
-    from revbench.models import RNNLM
+    from revbench.models.lm import RNNLM
     model = RNNLM(vocab_size=10000, emb_size=650, hidden_size=650, cell="revlstm", max_forget_bits=3)
     out = methods.get("reversible").step(model, inputs, targets, model.init_state(20))
 """

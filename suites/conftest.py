@@ -5,9 +5,9 @@ Each case is one method on one configuration; see revbench/grids.py. Language-mo
 """
 import pytest
 
-from revbench.grids import GRIDS, get_grid
-from revbench.harness import BaselineCache
-from revbench.seq2seq_bench import Seq2SeqBenchConfig, bptt_cache
+from revbench.measure.grids import GRIDS, get_grid
+from revbench.measure.harness import BaselineCache
+from revbench.measure.seq2seq_bench import Seq2SeqBenchConfig, bptt_cache
 
 
 def pytest_addoption(parser):

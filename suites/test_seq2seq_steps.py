@@ -4,9 +4,9 @@ benchmark.extra_info."""
 import pytest
 import torch
 
-from revbench.seq2seq import get_method
-from revbench.seq2seq_bench import Seq2SeqWorkload, add_side_savings, measure_seq2seq, supports
-from revbench.harness import add_allocator_saving
+from revbench.models.seq2seq import get_method
+from revbench.measure.seq2seq_bench import Seq2SeqWorkload, add_side_savings, measure_seq2seq, supports
+from revbench.measure.harness import add_allocator_saving
 
 
 def test_seq2seq_step(benchmark, s2s_case, s2s_bptt):

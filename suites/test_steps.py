@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from revbench import methods
-from revbench.harness import Workload, add_allocator_saving, measure_method, supports
+from revbench.measure.harness import Workload, add_allocator_saving, measure_method, supports
 
 
 def test_step(benchmark, case, bptt_peaks):

@@ -1,7 +1,7 @@
 """Small builders shared by the tests (not fixtures of results: inputs only)."""
 import torch
 
-from revbench.models import RNNLM
+from revbench.models.lm import RNNLM
 
 DROPOUT = dict(dropout_emb=0.1, dropout_in=0.2, dropout_h=0.2, dropout_out=0.3, weight_drop=0.3)
 

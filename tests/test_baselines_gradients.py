@@ -9,7 +9,7 @@ import torch
 from baselines.checkpointing import chen_forward_steps, chen_slots, default_segments, recursive_forward_steps
 from baselines.gruslys import mixed_cost, optimal_cost, resolve_slots
 from revbench import methods
-from revbench.segment import Segment
+from revbench.models.segment import Segment
 from tests.helpers import make_batch, make_model, max_rel_err, random_state, run_method
 
 CELLS = ["revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm"]
@@ -106,7 +106,7 @@ def test_ordinary_sizes_and_fused_multilayer_call():
 @pytest.mark.parametrize("lengths", [[15, 3, 0, 1], [15, 3, 9, 1]])
 @pytest.mark.parametrize("cell", ["revlstm", "lstm", "gru"])
 def test_padding(cell, lengths):
-    from revbench.models import RNNLM
+    from revbench.models.lm import RNNLM
     torch.manual_seed(0)
     hidden = [12, 8] if cell == "revlstm" else [10, 8]
     model = RNNLM(30, 8, hidden, 2, cell=cell, max_forget_bits=3, dropout_in=0.2, dropout_h=0.2,
@@ -190,7 +190,7 @@ def test_recomputing_methods_hold_less_live_memory(cell):
     """A cross-check of the executor's bookkeeping with an independent meter (live tensor bytes): states it drops
     are really released. At T = 120 the recomputing methods' peaks are a fraction of BPTT's, and the policies
     that keep O(1) steps under autograd beat sqrt(T) checkpointing's stretches of 11 steps."""
-    from revbench.memory import LiveTensorMeter
+    from revbench.measure.memory import LiveTensorMeter
     model = make_model(cell, layers=1, dropout=True, vocab=50, emb=32, hidden=64, dtype=torch.float32)
     x, y = make_batch(120, 8, vocab=50)
     peaks = {}

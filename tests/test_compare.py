@@ -1,4 +1,4 @@
-"""revbench.compare and `revbench compare`: memory/time regression gate between two benchmark runs."""
+"""revbench.report.compare and `revbench compare`: memory/time regression gate between two benchmark runs."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from revbench import cli
-from revbench.compare import (MISSING, REGRESSED, SKIPPED, UNCHANGED, WARN, WITHIN, compare,
+from revbench.report.compare import (MISSING, REGRESSED, SKIPPED, UNCHANGED, WARN, WITHIN, compare,
                               is_comparable_figure)
-from revbench.results import benchmarks_from_dict
+from revbench.report.results import benchmarks_from_dict
 from tests.fixtures import benchjson
 
 

@@ -1,4 +1,4 @@
-"""Tests for revbench.data: data-dir resolution, checksums, word-level corpora, synthetic corpus,
+"""Tests for revbench.tasks.data: data-dir resolution, checksums, word-level corpora, synthetic corpus,
 batching, AWD-LSTM variable-length segments and the repeat task."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from revbench import data
-from revbench.data import (
+from revbench.tasks import data
+from revbench.tasks.data import (
     EOS,
     REPEAT_IGNORE_INDEX,
     ChecksumError,

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from revbench import methods
-from revbench.models import RNNLM
+from revbench.models.lm import RNNLM
 from tests.helpers import make_batch, make_model
 
 

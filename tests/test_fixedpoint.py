@@ -2,8 +2,8 @@
 import torch
 from hypothesis import given, settings, strategies as st
 
-from revbench.buffer import LOW, WordStack, buffered_div, buffered_mul, empty_buffer, is_empty
-from revbench.fixedpoint import (GATE_ONE, STATE_LIMIT, FixedPointOverflowError, check_state, div_with_buffer,
+from revbench.core.buffer import LOW, WordStack, buffered_div, buffered_mul, empty_buffer, is_empty
+from revbench.core.fixedpoint import (GATE_ONE, STATE_LIMIT, FixedPointOverflowError, check_state, div_with_buffer,
                                  from_fixed, limit_gate, mul_with_buffer, quantise_gate, to_fixed)
 
 states = st.one_of(st.integers(-STATE_LIMIT + 1, STATE_LIMIT - 1),

@@ -24,7 +24,7 @@ def test_reversible_matches_bptt(cell, k, layers):
 
 
 def test_reversible_matches_bptt_with_padding_and_hidden_sizes():
-    from revbench.models import RNNLM
+    from revbench.models.lm import RNNLM
     torch.manual_seed(0)
     model = RNNLM(30, 8, [12, 8], 2, cell="revlstm", max_forget_bits=3, dropout_in=0.2, weight_drop=0.2).double()
     x, y = make_batch(15, 4, vocab=30)

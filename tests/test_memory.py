@@ -1,4 +1,4 @@
-"""Each meter of revbench.memory sees a known allocation of a known size.
+"""Each meter of revbench.measure.memory sees a known allocation of a known size.
 
 Sizes: float32 tensors, so ``n`` elements are ``4 * n`` bytes. The live-tensor meter counts storage bytes
 exactly; the only extra bytes in the autograd examples are the two 4-byte scalars that any
@@ -17,8 +17,8 @@ import types
 import pytest
 import torch
 
-from revbench import memory
-from revbench.memory import (
+from revbench.measure import memory
+from revbench.measure.memory import (
     CudaAllocatorMeter,
     LiveTensorMeter,
     Meter,
@@ -569,7 +569,7 @@ def test_environment_info_bad_device():
 
 
 def test_peak_figures_prefers_the_cuda_allocator():
-    from revbench.memory import peak_figures
+    from revbench.measure.memory import peak_figures
 
     cpu = measure(lambda: torch.ones(MiB), default_meters("cpu"))
     assert peak_figures(cpu) == {"peak_bytes": 4 * MiB, "peak_bytes_meter": "live_tensors"}

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from revbench import nmt
-from revbench.nmt_data import UNK_INDEX, bleu
+from revbench.tasks.nmt import train as nmt
+from revbench.tasks.nmt.data import UNK_INDEX, bleu
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -100,7 +100,7 @@ def test_config_and_grid_point_errors():
 
 
 def test_reproduce_writes_tables_and_reuses_completed_points(tmp_path):
-    from revbench.report import check_self_contained
+    from revbench.report.page import check_self_contained
 
     pts = [nmt.GridPoint("revgru", "emb+h:4", 3), nmt.GridPoint("gru", "all")]
     over = {"epochs": 1, "synthetic_train": 64}
@@ -130,7 +130,7 @@ def _parse(configure, argv):
 
 
 def test_cli_train_and_bad_input(tmp_path, capsys):
-    from revbench import nmt_cli
+    from revbench.cli import nmt as nmt_cli
 
     args = _parse(nmt_cli.configure_train, ["--config", "tiny", "--epochs", "1", "--out", str(tmp_path / "r"),
                                             "--max-forget-bits", "none", "--no-progress", "--max-train", "48"])

@@ -1,4 +1,4 @@
-"""Tests for revbench.nmt_data: Moses tokenisation round trip, Multi30K loading and its cache,
+"""Tests for revbench.tasks.nmt.data: Moses tokenisation round trip, Multi30K loading and its cache,
 vocabulary, the synthetic parallel corpus, length batching and tokenised BLEU."""
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("sacremoses", reason="sacremoses is needed for Moses tokenisation (pip install 'revbench[nmt]')")
 pytest.importorskip("sacrebleu", reason="sacrebleu is needed for BLEU (pip install 'revbench[nmt]')")
 
-from revbench import nmt_data  # noqa: E402
-from revbench.data import ChecksumError, MissingDataError, read_sha256sums  # noqa: E402
-from revbench.nmt_data import (  # noqa: E402
+from revbench.tasks.nmt import data as nmt_data  # noqa: E402
+from revbench.tasks.data import ChecksumError, MissingDataError, read_sha256sums  # noqa: E402
+from revbench.tasks.nmt.data import (  # noqa: E402
     BOS_INDEX,
     EOS_INDEX,
     PAD_INDEX,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from revbench.results import load_benchmarks
+from revbench.report.results import load_benchmarks
 from tests.fixtures import benchjson
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ def test_notebook_uses_report_functions_not_its_own_plotting():
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "REVBENCH_JSON" in code and "load_benchmarks" in code
     for forbidden in ("import seaborn", "import matplotlib", "plt.", "sns."):
-        assert forbidden not in code, f"notebook draws by itself ({forbidden}); use revbench.report"
+        assert forbidden not in code, f"notebook draws by itself ({forbidden}); use revbench.report.page"
 
 
 def test_notebook_executes_against_a_fixture(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""revbench.report and `revbench report`: one self-contained HTML file with the expected sections and values."""
+"""revbench.report.page and `revbench report`: one self-contained HTML file with the expected sections and values."""
 from __future__ import annotations
 
 import base64
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from revbench import cli
-from revbench.report import (check_self_contained, dataframe_to_html_table, fmt_ratio, headline_table,
+from revbench.report.page import (check_self_contained, dataframe_to_html_table, fmt_ratio, headline_table,
                              pareto_optimal, render_report, summary_table)
-from revbench.results import load_benchmarks
+from revbench.report.results import load_benchmarks
 from tests.fixtures import benchjson
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import pytest
 
-from revbench import cmd_train
-from revbench import reproduce as rp
+from revbench.cli import train as cmd_train
+from revbench.tasks.lm import reproduce as rp
 from revbench.cli import main as cli_main
-from revbench.report import check_self_contained
+from revbench.report.page import check_self_contained
 
 LIMIT_COLUMNS = ["2 bit", "3 bit", "5 bit", "no limit"]
 

@@ -1,4 +1,4 @@
-"""revbench.results: loading and validating benchmark JSON (pytest-benchmark output with revbench records)."""
+"""revbench.report.results: loading and validating benchmark JSON (pytest-benchmark output with revbench records)."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from revbench.results import (RECORD_SCHEMA, BenchmarkFileError, add_relative_columns, forget_label, forget_order,
+from revbench.report.results import (RECORD_SCHEMA, BenchmarkFileError, add_relative_columns, forget_label, forget_order,
                               load_benchmarks)
 from tests.fixtures import benchjson
 

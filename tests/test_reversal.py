@@ -3,7 +3,7 @@ equality) and leaves the buffers empty, for every reversible cell, forgetting li
 import pytest
 import torch
 
-from revbench.segment import Segment
+from revbench.models.segment import Segment
 from tests.helpers import make_batch, make_model, random_state
 
 CELLS = ["revgru", "revlstm", "nf-revgru", "nf-revlstm"]

@@ -1,7 +1,7 @@
 """`revbench run` end to end on one cheap case: the JSON, the report, the summary, and a failed run that keeps
 the earlier results."""
 from revbench import cli
-from revbench.results import load_benchmarks
+from revbench.report.results import load_benchmarks
 
 NO_CASE = "bptt-gru-L1-H64"           # matches no case: the failing run
 CHEAP = "checkpoint-s2s-gru-all"      # one encoder-decoder case (and its bptt reference, measured in-process)

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from revbench.nmt_data import EOS_INDEX, make_batch
-from revbench.seq2seq import BatchRun, ContextSpec, Seq2Seq, encode, evaluate_batch, get_method
+from revbench.tasks.nmt.data import EOS_INDEX, make_batch
+from revbench.models.seq2seq import BatchRun, ContextSpec, Seq2Seq, encode, evaluate_batch, get_method
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -98,7 +98,7 @@ def test_encoder_and_decoder_reverse_bit_for_bit_with_slice_and_padding(cell, la
 def test_slice_units_hold_the_true_lossy_update_and_the_rest_the_buffered_one():
     """Slice units: exactly to_fixed(z * h1_prev + (1 - z) * g) (the ordinary, forgetting update, with the
     unquantised z); other units: the buffered multiplication by the quantised z, then + to_fixed(add)."""
-    from revbench.fixedpoint import quantise_gate, to_fixed
+    from revbench.core.fixedpoint import quantise_gate, to_fixed
 
     model = make_model("revgru", "emb+h:3", k=2, dropout=0.0)
     batch = padded_batch(1)
@@ -205,7 +205,7 @@ def test_padding_content_changes_nothing():
 @pytest.mark.parametrize("cell", ["revgru", "revlstm", "gru", "lstm"])
 def test_padded_batch_equals_each_sentence_alone(cell):
     """Per sentence: the same encoder state, loss, gradient and greedy translation in a padded batch as alone."""
-    from revbench.nmt import greedy_decode
+    from revbench.tasks.nmt.train import greedy_decode
 
     model = make_model(cell, "emb+h:3" if cell.startswith("rev") else "all", k=3, dropout=0.0)
     model.eval()                                       # no dropout: masks would depend on the batch size
@@ -276,7 +276,7 @@ def test_stats_report_encoder_and_decoder_savings_separately():
 
 
 def test_every_method_holds_less_live_memory_than_bptt_on_each_side():
-    from revbench.nmt import measure_step_memory
+    from revbench.tasks.nmt.train import measure_step_memory
 
     torch.manual_seed(0)
     model = Seq2Seq(40, 40, 16, 32, 1, cell="revgru", context="emb+h:4", dropout=0.2)
@@ -313,7 +313,7 @@ def test_context_parsing_and_bad_input():
 
 
 def test_greedy_stops_at_eos_and_beam_one_equals_greedy():
-    from revbench.nmt import beam_search, greedy_decode
+    from revbench.tasks.nmt.train import beam_search, greedy_decode
 
     model = make_model("revgru", "emb+h:3", dropout=0.0)
     batch = padded_batch(9)

@@ -1,13 +1,13 @@
-"""The encoder-decoder benchmark record (revbench.seq2seq_bench) and its report section."""
+"""The encoder-decoder benchmark record (revbench.measure.seq2seq_bench) and its report section."""
 import copy
 import json
 
 import pytest
 
-from revbench.report import render_report
-from revbench.results import load_benchmarks, split_kinds
-from revbench.seq2seq import get_method
-from revbench.seq2seq_bench import (Seq2SeqBenchConfig, Seq2SeqWorkload, add_side_savings, bptt_cache,
+from revbench.report.page import render_report
+from revbench.report.results import load_benchmarks, split_kinds
+from revbench.models.seq2seq import get_method
+from revbench.measure.seq2seq_bench import (Seq2SeqBenchConfig, Seq2SeqWorkload, add_side_savings, bptt_cache,
                                     measure_seq2seq, supports)
 from tests.fixtures import benchjson
 

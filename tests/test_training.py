@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from revbench import training
+from revbench.tasks.lm import training
 from revbench.cli import main as cli_main
-from revbench.lm_configs import CONFIGS, RUN_CONTROL_FIELDS, TrainConfig, get_config
-from revbench.training import Trainer, atomic_save, load_checkpoint, read_log, train
+from revbench.tasks.lm.configs import CONFIGS, RUN_CONTROL_FIELDS, TrainConfig, get_config
+from revbench.tasks.lm.training import Trainer, atomic_save, load_checkpoint, read_log, train
 
 CELLS = ["revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm"]
 

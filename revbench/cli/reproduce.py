@@ -1,0 +1,221 @@
+"""`revbench reproduce lm|repeat|nmt`: run a paper reproduction and write its report.
+
+- ``lm``: the Table-1 grid {GRU, RevGRU, LSTM, RevLSTM} x max forgetting {2, 3, 5, none} on PTB
+  (and WikiText-2 with ``--wikitext``); resumable; writes ``runs.csv``/``runs.json``,
+  ``table1.html`` and ``README.md`` into ``--out`` (default ``reports/lm``).
+- ``repeat``: the repeat task of section 4, accuracy against sequence length per model; writes
+  ``repeat.csv``, ``repeat.html`` and ``README.md`` into ``--out`` (default ``reports/repeat``).
+- ``nmt``: provided by ``revbench.cli.nmt`` (if present in this checkout).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from revbench.cli.train import EXIT_BAD_INPUT, EXIT_FAILED, configure_nmt, main_nmt
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _command() -> str:
+    return "revbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _say_quiet(quiet):
+    return (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
+
+
+# ------------------------------------------------------------------------------------------- lm
+def configure_lm(p: argparse.ArgumentParser) -> None:
+    from revbench.tasks.lm.configs import CONFIGS
+
+    p.add_argument("--config", default="small", choices=list(CONFIGS),
+                   help="named training config for every run (default: %(default)s)")
+    p.add_argument("--data", default="ptb", choices=["ptb", "wikitext-2", "synthetic"],
+                   help="corpus (default: %(default)s)")
+    p.add_argument("--wikitext", action="store_true", help="also run the grid on WikiText-2 (after --data)")
+    p.add_argument("--data-dir", default=None, help="data folder holding ptb/ and wikitext-2/ (default: $REVBENCH_DATA)")
+    p.add_argument("--no-verify", action="store_true", help="skip the SHA256SUMS check")
+    p.add_argument("--cells", default="lstm,revlstm,gru,revgru",
+                   help="comma-separated cells, in priority order (default: %(default)s)")
+    p.add_argument("--limits", default="3,2,5,none",
+                   help="comma-separated forgetting limits for RevGRU/RevLSTM (ints or 'none'); the first is run "
+                        "first for every cell (default: %(default)s)")
+    p.add_argument("--layers", default="1", help="comma-separated depths (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at the same time, as subprocesses (default: %(default)s: one after the other "
+                        "in this process)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per run (default: %(default)s, so runs can share cores)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the config's)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="start no new run after this many minutes (finished runs are kept; rerun to continue)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report from finished runs")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep checkpoint.pt/best.pt of finished runs (deleted by default: result.json, log.jsonl "
+                        "and train.out stay, and a finished run is never retrained)")
+    p.add_argument("--out", type=Path, default=Path("reports/lm"), help="output folder (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="less output")
+
+
+def main_lm(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from revbench.tasks.lm import reproduce as rp
+    from revbench.tasks.data import DataError, resolve_data_dir
+    from revbench.measure.memory import environment_info
+
+    say = _say_quiet(args.quiet)
+    t0 = time.monotonic()
+    try:
+        cells = _csv(args.cells)
+        limits = [rp.parse_limit(k) for k in _csv(args.limits)]
+        layers = [int(x) for x in _csv(args.layers)]
+        if args.jobs < 1 or args.threads < 1:
+            raise ValueError("--jobs and --threads must be >= 1")
+        datasets = [args.data] + (["wikitext-2"] if args.wikitext and args.data != "wikitext-2" else [])
+        if any(d != "synthetic" for d in datasets) and not args.report_only:
+            resolve_data_dir(args.data_dir)
+        runs = rp.lm_grid(cells, limits, layers, datasets)
+        overrides = {"threads": args.threads, "verify": not args.no_verify}
+        if args.data_dir:
+            overrides["data_dir"] = str(Path(args.data_dir).resolve())
+        if args.epochs is not None:
+            overrides["epochs"] = args.epochs
+        if args.device:
+            overrides["device"] = args.device
+        cfg0 = rp.run_config(runs[0], args.config, overrides)    # validates the overrides once
+        statuses = None
+        if not args.report_only:
+            say(f"revbench reproduce lm: {len(runs)} runs, config {args.config!r}, -> {args.out}/runs/")
+            statuses = rp.run_lm_grid(runs, args.config, args.out, overrides, jobs=args.jobs,
+                                      budget_minutes=args.budget_minutes, quiet=args.quiet, say=say)
+    except (ValueError, FileNotFoundError, DataError) as exc:
+        print(f"revbench reproduce lm: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    records = rp.lm_records(args.out)
+    names = {r.name for r in runs}
+    records = [r for r in records if r["run"] in names]
+    if not args.keep_checkpoints:
+        rp.drop_checkpoints(args.out, [r["run"] for r in records])
+    cfg_dict = {k: v for k, v in cfg0.to_dict().items() if k not in ("data_dir", "cell", "max_forget_bits", "method")}
+    meta = {"command": _command(), "config_name": args.config, "config": cfg_dict,
+            "duration_min": (time.monotonic() - t0) / 60.0, "environment": environment_info(cfg0.device),
+            "statuses": statuses or [{"run": r.name, "status": "done" if r.name in {x["run"] for x in records}
+                                      else "not finished"} for r in runs],
+            "differences": rp.lm_differences(records, cfg_dict)}
+    paths = rp.write_lm_report(args.out, records, meta)
+    print(f"revbench reproduce lm: {len(records)} of {len(runs)} runs finished; table in {paths['html']}, "
+          f"{paths['readme']}, {paths['csv']}")
+    if records:
+        for data in sorted({r["data"] for r in records}):
+            print(f"\n{data}: valid ppl (actual saving x / ideal saving x):")
+            print(rp.table1(records, data).to_string(index=False))
+    return 0 if len(records) == len(runs) else EXIT_FAILED
+
+
+# ------------------------------------------------------------------------------------------- repeat
+def configure_repeat(p: argparse.ArgumentParser) -> None:
+    from revbench.tasks.lm.reproduce import REPEAT_LENGTHS, REPEAT_MODELS, RepeatSettings
+
+    s = RepeatSettings()
+    p.add_argument("--lengths", default=",".join(map(str, REPEAT_LENGTHS)),
+                   help="comma-separated sequence lengths (default: %(default)s)")
+    p.add_argument("--models", default=",".join(REPEAT_MODELS), help="comma-separated cells (default: %(default)s)")
+    p.add_argument("--symbols", type=int, default=s.symbols, help="alphabet size (default: %(default)s)")
+    p.add_argument("--hidden-size", type=int, default=s.hidden_size, help="hidden units (default: %(default)s)")
+    p.add_argument("--emb-size", type=int, default=s.emb_size, help="embedding size (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=s.batch_size, help="sequences per step (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=s.steps, help="training steps per model (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=s.lr, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--max-forget-bits", default="3", help="limit of RevGRU/RevLSTM, int or 'none' (default: 3)")
+    p.add_argument("--eval-sequences", type=int, default=s.eval_sequences,
+                   help="test sequences per model (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=s.seed)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild repeat.html/README.md/repeat.csv from repeat.json")
+    p.add_argument("--out", type=Path, default=Path("reports/repeat"), help="output folder (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def main_repeat(args) -> int:
+    import dataclasses
+
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    from revbench.tasks.lm import reproduce as rp
+    from revbench.measure.memory import environment_info
+
+    say = _say_quiet(args.quiet)
+    t0 = time.monotonic()
+    if args.report_only:
+        try:
+            rows, meta = rp.load_repeat(args.out)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            print(f"revbench reproduce repeat: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        paths = rp.write_repeat_report(args.out, rows, meta)
+        print(f"revbench reproduce repeat: report rebuilt from {len(rows)} runs: {paths['html']}")
+        return 0
+    try:
+        lengths = [int(x) for x in _csv(args.lengths)]
+        models = _csv(args.models)
+        for name in ("symbols", "hidden_size", "emb_size", "batch_size", "steps", "eval_sequences", "threads"):
+            if getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if args.symbols < 2:
+            raise ValueError("--symbols must be >= 2")
+        if any(m.startswith(("rev", "nf-rev")) for m in models) and args.hidden_size % 2:
+            raise ValueError("--hidden-size must be even for reversible cells (two halves)")
+        s = rp.RepeatSettings(symbols=args.symbols, hidden_size=args.hidden_size, emb_size=args.emb_size,
+                              batch_size=args.batch_size, steps=args.steps, lr=args.lr,
+                              eval_sequences=args.eval_sequences, max_forget_bits=rp.parse_limit(args.max_forget_bits),
+                              seed=args.seed)
+        torch.set_num_threads(args.threads)
+        say(f"revbench reproduce repeat: models {', '.join(models)} x lengths {lengths} -> {args.out}")
+        rows = rp.run_repeat(lengths, models, s, args.out, say=say)
+    except ValueError as exc:
+        print(f"revbench reproduce repeat: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    meta = {"command": _command(), "settings": dataclasses.asdict(s), "duration_min": (time.monotonic() - t0) / 60,
+            "environment": environment_info("cpu")}
+    paths = rp.write_repeat_report(args.out, rows, meta)
+    import pandas as pd
+    wide = pd.DataFrame(rows).pivot_table(index="model", columns="seq_len", values="accuracy", sort=False)
+    print(wide.round(3).to_string())
+    print(f"revbench reproduce repeat: {paths['html']}, {paths['csv']}, {paths['readme']}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- protocol
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="task", metavar="TASK")
+    p = sub.add_parser("lm", help="Table 1: the language-model grid (PTB, WikiText-2)",
+                       description="Train the Table-1 grid and write the table, records and report.")
+    configure_lm(p)
+    p.set_defaults(_task_main=main_lm)
+    p = sub.add_parser("repeat", help="section 4: the repeat task, accuracy against sequence length",
+                       description="Train every model at every length on the repeat task; figure, CSV, report.")
+    configure_repeat(p)
+    p.set_defaults(_task_main=main_repeat)
+    p = sub.add_parser("nmt", help="the NMT grid (revbench.cli.nmt)")
+    configure_nmt(p, "reproduce")
+    p.set_defaults(_task_main=lambda a: main_nmt(a, "reproduce"))
+    parser.set_defaults(_print_help=parser.print_help)
+
+
+def main(args) -> int:
+    if getattr(args, "task", None) is None:
+        args._print_help()
+        return EXIT_BAD_INPUT
+    return int(args._task_main(args) or 0)
