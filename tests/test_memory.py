@@ -17,19 +17,15 @@ import types
 import pytest
 import torch
 
-from revbench.measure import memory
-from revbench.measure.memory import (
-    CudaAllocatorMeter,
-    LiveTensorMeter,
-    Meter,
-    NvmlMeter,
-    RSSMeter,
-    SavedTensorsMeter,
-    default_meters,
-    environment_info,
-    measure,
-    measuring,
-)
+from revbench.measure import memory, nvml, rss
+from revbench.measure.cuda import CudaAllocatorMeter
+from revbench.measure.environment import environment_info
+from revbench.measure.live import LiveTensorMeter
+from revbench.measure.memory import default_meters, measure, measuring
+from revbench.measure.meter import Meter
+from revbench.measure.nvml import NvmlMeter
+from revbench.measure.rss import RSSMeter
+from revbench.measure.saved import SavedTensorsMeter
 
 MiB = 2**20
 F32 = 4  # bytes per float32 element
@@ -285,7 +281,7 @@ def test_rss_unavailable_has_reason(monkeypatch):
     assert "Linux" in figs["rss_peak_delta_bytes_reason"]
 
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(memory, "_CLEAR_REFS", "/nonexistent-dir/clear_refs")
+    monkeypatch.setattr(rss, "_CLEAR_REFS", "/nonexistent-dir/clear_refs")
     figs = measure(lambda: None, [RSSMeter()])
     assert figs["rss_peak_delta_bytes"] is None
     assert "high-water mark" in figs["rss_peak_delta_bytes_reason"]
@@ -403,7 +399,7 @@ class _FakeNvml:
 
 
 def _fake_cuda(monkeypatch, fake, uuid="0a1b2c3d-0000-1111-2222-333344445555"):
-    monkeypatch.setattr(memory, "_import_pynvml", lambda: fake)
+    monkeypatch.setattr(nvml, "_import_pynvml", lambda: fake)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
