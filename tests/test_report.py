@@ -15,8 +15,11 @@ import pandas as pd
 import pytest
 
 from revbench import cli
-from revbench.report.page import (check_self_contained, dataframe_to_html_table, fmt_ratio, headline_table,
-                             pareto_optimal, render_report, summary_table)
+from revbench.report.format import fmt_ratio
+from revbench.report.frontier import pareto_optimal
+from revbench.report.html import check_self_contained, dataframe_to_html_table
+from revbench.report.page import render_report
+from revbench.report.tables import headline_table, summary_table
 from revbench.report.results import load_benchmarks
 from tests.fixtures import benchjson
 

@@ -21,8 +21,8 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from revbench.report.format import MIB
 
-MIB = float(1 << 20)
 KEY = ("name", "config_id", "method", "method_options")
 TIME_FIGURE = "time_median_s"
 BUFFER_BITS = ("buffer_bits_actual", "buffer_bits_ideal",        # the language model's; the encoder-decoder's per side:

@@ -6,8 +6,10 @@ per method, side by side, logarithmic).
 """
 from __future__ import annotations
 
-from revbench.report.page import (MIB, _esc, _fmt_num, _new_figure, _style_axes, dataframe_to_html_table, figure_html, fmt_ratio,
-                     method_order, note_html, peak_how, time_how)
+from revbench.report.format import MIB, esc, fmt_num, fmt_ratio, method_order
+from revbench.report.how_measured import peak_how, time_how
+from revbench.report.html import dataframe_to_html_table, figure_html, note_html
+from revbench.report.plotting import new_figure, style_axes
 from revbench.report.results import add_relative_columns
 
 HEADER_TITLES = {
@@ -26,7 +28,7 @@ HEADER_TITLES = {
     "time vs bptt (×)": "median time / bptt's median time on the same configuration, same run",
 }
 FORMATS = {**{c: fmt_ratio for c in HEADER_TITLES if c.endswith("(×)")},
-           **{c: (lambda v: _fmt_num(v, 2)) for c in ("peak (MiB)", "enc held (MiB)", "dec held (MiB)",
+           **{c: (lambda v: fmt_num(v, 2)) for c in ("peak (MiB)", "enc held (MiB)", "dec held (MiB)",
                                                        "median time (ms)")}}
 
 
@@ -66,13 +68,13 @@ def fig_seq2seq_memory(table):
                       var_name="figure", value_name="MiB").dropna(subset=["MiB"])
     long = long[long["MiB"] > 0]
     settings = list(dict.fromkeys(table["setting"]))
-    fig, axes = _new_figure(1, len(settings), 5.2, 3.8)
+    fig, axes = new_figure(1, len(settings), 5.2, 3.8)
     for ax, s in zip(axes[0], settings):
         sub = long[long["setting"] == s]
         sns.barplot(data=sub, x="method", y="MiB", hue="figure", ax=ax, order=list(dict.fromkeys(sub["method"])),
                     palette="Set2")
         ax.set_yscale("log")
-        _style_axes(ax)
+        style_axes(ax)
         ax.set_title(s, fontsize=9)
         ax.set_xlabel("")
         ax.tick_params(axis="x", labelrotation=25, labelsize=8)
@@ -96,7 +98,7 @@ def seq2seq_html(df) -> str:
                               "what each side's forward pass holds for its backward pass (log scale).", how,
                          "encoder-decoder memory per method")
     return (figure + dataframe_to_html_table(table, formats=FORMATS, header_titles=HEADER_TITLES, group_by="setting")
-            + f'<p class="how">How measured: {_esc(how)}</p>')
+            + f'<p class="how">How measured: {esc(how)}</p>')
 
 
 __all__ = ["seq2seq_table", "fig_seq2seq_memory", "seq2seq_html"]
