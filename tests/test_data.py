@@ -1,5 +1,6 @@
-"""Tests for revbench.tasks.data: data-dir resolution, checksums, word-level corpora, synthetic corpus,
-batching, AWD-LSTM variable-length segments and the repeat task."""
+"""Tests for revbench.tasks.datasets (data-dir resolution, checksums), revbench.tasks.lm.corpus (word-level
+corpora, synthetic corpus, batching, AWD-LSTM variable-length segments) and revbench.tasks.repeat.data (the
+repeat task)."""
 from __future__ import annotations
 
 import math
@@ -10,25 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from revbench.tasks import data
-from revbench.tasks.data import (
+from revbench.tasks import datasets
+from revbench.tasks.datasets import ChecksumError, DataError, MissingDataError, resolve_data_dir, verify
+from revbench.tasks.lm.corpus import (
     EOS,
-    REPEAT_IGNORE_INDEX,
-    ChecksumError,
-    DataError,
     Dictionary,
-    MissingDataError,
     batchify,
     lm_segments,
     load_corpus,
     read_word_corpus,
-    repeat_task,
-    repeat_task_accuracy,
-    resolve_data_dir,
     synthetic_corpus,
     variable_bptt_length,
-    verify,
 )
+from revbench.tasks.repeat.data import REPEAT_IGNORE_INDEX, repeat_task, repeat_task_accuracy
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 
@@ -93,10 +88,10 @@ def test_verify_fixture_passes_and_returns_hashes():
 
 def test_checksum_mismatch_names_file_and_both_hashes(tmp_path):
     folder = _copy_fixture(tmp_path, "ptb")
-    expected = data.read_sha256sums(folder)["ptb.valid.txt"]
+    expected = datasets.read_sha256sums(folder)["ptb.valid.txt"]
     with open(folder / "ptb.valid.txt", "a", encoding="utf-8") as fh:
         fh.write(" corrupted line \n")
-    actual = data.sha256_file(folder / "ptb.valid.txt")
+    actual = datasets.sha256_file(folder / "ptb.valid.txt")
     assert actual != expected
     with pytest.raises(ChecksumError) as exc:
         load_corpus("ptb", tmp_path)

@@ -7,10 +7,13 @@ import math
 import pytest
 import torch
 
-from revbench.tasks.lm import training
+from revbench.tasks.lm import checkpoints, training
 from revbench.cli import main as cli_main
 from revbench.tasks.lm.configs import CONFIGS, RUN_CONTROL_FIELDS, TrainConfig, get_config
-from revbench.tasks.lm.training import Trainer, atomic_save, load_checkpoint, read_log, train
+from revbench.tasks.lm.checkpoints import load_checkpoint, read_log
+from revbench.tasks.lm.evaluation import evaluate
+from revbench.tasks.lm.training import Trainer, train
+from revbench.util.atomic import atomic_save
 
 CELLS = ["revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm"]
 
@@ -32,7 +35,7 @@ def test_one_epoch_decreases_loss(cell, tmp_path):
                carry_state=not nf)
     tr = Trainer(cfg, tmp_path, quiet=True)
     tr._setup()
-    before = training.evaluate(tr.model, tr.valid_data, cfg.bptt)["loss"]
+    before = evaluate(tr.model, tr.valid_data, cfg.bptt)["loss"]
     res = train(cfg, tmp_path / "run", quiet=True)
     prog = [r["loss"] for r in read_log(tmp_path / "run" / "log.jsonl") if r["event"] == "progress"]
     assert len(prog) >= 3 and prog[-1] < prog[0] - 0.1
@@ -125,9 +128,9 @@ def test_atomic_save_keeps_old_file(tmp_path, monkeypatch):
 
 def test_resume_refuses_other_config_and_fresh_run_refuses_existing(tmp_path):
     train(tiny(cell="revgru", max_steps=3), tmp_path, quiet=True)
-    with pytest.raises(training.CheckpointMismatchError, match="hidden_size"):
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="hidden_size"):
         train(tiny(cell="revgru", hidden_size=20, emb_size=20, max_steps=5), tmp_path, resume=True, quiet=True)
-    with pytest.raises(training.OutputExistsError, match="--resume"):
+    with pytest.raises(checkpoints.OutputExistsError, match="--resume"):
         train(tiny(cell="revgru", max_steps=5), tmp_path, quiet=True)
 
 

@@ -2,15 +2,15 @@
 
 ``train(cfg, out_dir, resume=False)`` trains ``RNNLM`` on PTB / WikiText-2 / the synthetic corpus:
 
-- training: the stream is cut into ``batch_size`` columns (``revbench.tasks.data.batchify``) and into
-  AWD-LSTM segments of variable length around ``bptt`` (``revbench.tasks.data.lm_segments``); the hidden
+- training: the stream is cut into ``batch_size`` columns (``revbench.tasks.lm.corpus.batchify``) and into
+  AWD-LSTM segments of variable length around ``bptt`` (``revbench.tasks.lm.corpus.lm_segments``); the hidden
   state is carried from one segment to the next (reset at each epoch); each segment is one step of
   the chosen method (``revbench.methods.get(cfg.method).step``); then gradient clipping (global norm
   ``clip``) and SGD with weight decay, the learning rate scaled by ``seq_len / bptt`` for that
   segment (as AWD-LSTM does);
 - after each epoch: validation perplexity; when it did not improve, lr /= ``lr_decay`` (4); the
   best model is kept in ``best.pt``;
-- evaluation (``evaluate``): ``model.eval()`` (no dropout), forward only through
+- evaluation (``revbench.tasks.lm.evaluation.evaluate``): ``model.eval()`` (no dropout), forward only through
   ``Segment.advance(grad=False)`` under ``torch.no_grad``, fixed segment length ``bptt``, state
   carried; perplexity = exp(total cross-entropy / tokens);
 - at the end: test perplexity of the best model; ``result.json``.
@@ -27,7 +27,8 @@ Memory figures per epoch (in the ``"epoch"`` records): the paper-style ``saving_
 ``saving_ideal`` / ``buffer_efficiency`` aggregated over the epoch's steps as ratios of sums
 (sum of baseline bits / sum of buffer bits, i.e. token-weighted), and the activation peak of one
 metered training step per epoch (``revbench.measure.memory``: the live-tensor meter on CPU, the CUDA
-allocator on a GPU). ``result.json`` adds ``final_memory``: one segment of the trained model
+allocator on a GPU). ``result.json`` adds ``final_memory``
+(``revbench.tasks.lm.memory_probe.compare_memory``): one segment of the trained model
 stepped by ``bptt`` and by the run's method with the same dropout masks, and their peak ratio
 (``allocator_saving``).
 """
@@ -41,205 +42,25 @@ from pathlib import Path
 
 import torch
 
-from revbench.tasks import data as lmdata
 from revbench import methods
 from revbench.measure import memory
-from revbench.util.atomic import atomic_write
+from revbench.measure.environment import environment_info
+from revbench.util.atomic import atomic_save, atomic_write_json
+from revbench.tasks.jsonio import finite, json_default
+from revbench.tasks.lm.build import build_model, load_data
+from revbench.tasks.lm.checkpoints import (CHECKPOINT_FORMAT, CheckpointMismatchError, OutputExistsError,
+                                           load_checkpoint)
 from revbench.tasks.lm.configs import RUN_CONTROL_FIELDS, TrainConfig
-from revbench.models.lm import RNNLM
-from revbench.models.segment import Segment
+from revbench.tasks.lm.corpus import batchify, lm_segments
+from revbench.tasks.lm.evaluation import evaluate
+from revbench.tasks.lm.memory_probe import compare_memory
+from revbench.tasks.lm.progress import Bar
+from revbench.tasks.lm.running_sums import STAT_SUMS, epoch_savings, new_epoch_acc, new_interval_acc
 
-CHECKPOINT_FORMAT = "revbench.lm-checkpoint/1"
 RESULT_FORMAT = "revbench.lm-result/1"
-_STAT_SUMS = ("state_bits_baseline", "buffer_bits_actual", "buffer_bits_ideal")
-
-
-class CheckpointMismatchError(ValueError):
-    """``--resume`` found a checkpoint made with a different configuration."""
-
-
-class OutputExistsError(FileExistsError):
-    """The output folder already holds a run and ``resume`` was not asked for."""
-
-
-# ------------------------------------------------------------------------------------------- files
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``.
-
-    If anything fails (a crash, a full disk) ``path`` keeps its previous content and the temporary
-    file is removed.
-    """
-    atomic_write(path, lambda fh: torch.save(obj, fh), binary=True, fsync=True)
-
-
-def atomic_write_json(obj, path: Path) -> None:
-    def write(fh):
-        json.dump(obj, fh, indent=1, sort_keys=True, default=_json_default)
-        fh.write("\n")
-    atomic_write(path, write)
-
-
-def _json_default(o):
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _finite(x):
-    """JSON has no inf/nan: map them to None (and keep ints/floats otherwise)."""
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def load_checkpoint(path: Path) -> dict:
-    path = Path(path)
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a revbench language-model checkpoint")
-    return ckpt
-
-
-def read_log(path: Path) -> list[dict]:
-    """All records of a ``log.jsonl``."""
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-# ------------------------------------------------------------------------------------------- pieces
-def load_data(cfg: TrainConfig) -> lmdata.Corpus:
-    """The corpus of ``cfg`` (PTB / WikiText-2 from the data directory, or the synthetic corpus)."""
-    if cfg.data == "synthetic":
-        return lmdata.load_corpus("synthetic", vocab_size=cfg.synthetic_vocab, train_tokens=cfg.synthetic_tokens,
-                                  seed=cfg.seed)
-    return lmdata.load_corpus(cfg.data, cfg.data_dir, verify=cfg.verify)
-
-
-def build_model(cfg: TrainConfig, vocab_size: int) -> RNNLM:
-    return RNNLM(vocab_size, cfg.emb_size, cfg.layer_sizes(), cfg.num_layers, cell=cfg.cell,
-                 max_forget_bits=cfg.max_forget_bits if cfg.reversible else None,
-                 dropout_emb=cfg.dropout_emb, dropout_in=cfg.dropout_in, dropout_h=cfg.dropout_h,
-                 dropout_out=cfg.dropout_out, weight_drop=cfg.weight_drop, tie_weights=cfg.tie_weights,
-                 init_range=cfg.init_range)
-
-
-@torch.no_grad()
-def evaluate(model: RNNLM, source: torch.Tensor, bptt: int, carry_state: bool = True) -> dict:
-    """Perplexity of ``model`` on a batchified (N, B) stream: eval mode, forward only, state carried from
-    segment to segment (or reset to zero for each segment with ``carry_state=False``).
-
-    Returns ``{"loss": mean cross-entropy per token (nats), "ppl": exp(loss), "tokens": count}``.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        state = model.init_state(source.size(1))
-        total, tokens = 0.0, 0
-        for inputs, targets in lmdata.lm_segments(source, bptt, variable=False):
-            seg = Segment(model, inputs, targets)
-            carry = seg.start(state if carry_state else model.init_state(source.size(1)))
-            seg_loss = 0.0
-            for t in range(seg.T):
-                carry, loss_t = seg.advance(t, carry, grad=False)
-                seg_loss += float(loss_t)
-            total += seg_loss * seg.n_tokens
-            tokens += seg.n_tokens
-            state = seg.final_state(carry)
-    finally:
-        model.train(was_training)
-    loss = total / tokens
-    return {"loss": loss, "ppl": math.exp(min(loss, 700.0)), "tokens": tokens}
-
-
-def measure_step(model, method, inputs, targets, state, seed: int, device: str) -> dict:
-    """Meter one step of ``method`` (grads already allocated, zeroed in place; masks from ``seed``).
-
-    Returns the record's memory figures (``peak_bytes``, ``live_peak_bytes``, ...) and the step's
-    paper-style stats. Parameter gradients are left zeroed; the RNG state is restored afterwards.
-    """
-    rng = torch.get_rng_state()
-    try:
-        for p in model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            else:
-                p.grad.zero_()
-        torch.manual_seed(seed)
-        outs = []
-        figures = memory.measure(lambda: outs.append(method.step(model, inputs, targets, state)),
-                                 memory.default_meters(device, list(model.parameters())))
-        stats = outs[0].stats
-        outs.clear()
-        for p in model.parameters():
-            p.grad.zero_()
-    finally:
-        torch.set_rng_state(rng)
-    rec = {k: v for k, v in memory.peak_figures(figures).items()}
-    for k in ("live_peak_bytes", "cuda_peak_allocated_bytes", "rss_peak_delta_bytes", "saved_bytes"):
-        rec[k] = figures.get(k)
-    for k in ("saving_actual", "saving_ideal", "buffer_efficiency", "state_bits_baseline", "buffer_bits_actual",
-              "buffer_bits_ideal"):
-        rec[k] = _finite(stats.get(k)) if k.startswith(("saving", "buffer_eff")) else stats.get(k)
-    return rec
-
-
-def compare_memory(model, method_name: str, method_options: dict, inputs, targets, seed: int, device: str) -> dict:
-    """``bptt`` and ``method_name`` on the same segment of the same model with the same dropout masks.
-
-    Returns ``{"segment": {T, B}, "bptt": figures, method_name: figures, "allocator_saving": bptt peak /
-    method peak}`` (the saving is None for ordinary cells, whose method is bptt itself).
-    """
-    was = model.training
-    model.train()
-    try:
-        state = model.init_state(inputs.size(1))
-        out = {"segment": {"seq_len": int(inputs.size(0)), "batch_size": int(inputs.size(1))}}
-        out["bptt"] = measure_step(model, methods.get("bptt"), inputs, targets, state, seed, device)
-        if method_name != "bptt":
-            out[method_name] = measure_step(model, methods.get(method_name, **method_options), inputs, targets,
-                                            state, seed, device)
-            a, b = out["bptt"].get("peak_bytes"), out[method_name].get("peak_bytes")
-            out["allocator_saving"] = a / b if a and b else None
-        else:
-            out["allocator_saving"] = None
-        out["method"] = method_name
-    finally:
-        model.train(was)
-    return out
 
 
 # ------------------------------------------------------------------------------------------- trainer
-class _Bar:
-    """tqdm when wanted and attached to a terminal; otherwise nothing."""
-
-    def __init__(self, total, initial, desc, enabled):
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="seg", leave=False, dynamic_ncols=True)
-
-    def update(self, **postfix):
-        if self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(1)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _new_epoch_acc() -> dict:
-    return {"loss_sum": 0.0, "tokens": 0, "steps": 0, "time_s": 0.0,
-            **{k: 0.0 for k in _STAT_SUMS}, "with_buffer_steps": 0, "memory": None}
-
-
-def _new_interval_acc() -> dict:
-    return {"loss_sum": 0.0, "tokens": 0, "steps": 0, "time_s": 0.0}
-
-
 class Trainer:
     """One training run. Use :func:`train` unless you need the pieces (tests drive ``max_steps``)."""
 
@@ -269,9 +90,9 @@ class Trainer:
         self.method = methods.get(cfg.method, **cfg.method_options)
         self.corpus = load_data(cfg)
         dev = torch.device(cfg.device)
-        self.train_data = lmdata.batchify(self.corpus.train, cfg.batch_size).to(dev)
-        self.valid_data = lmdata.batchify(self.corpus.valid, cfg.eval_batch_size).to(dev)
-        self.test_data = lmdata.batchify(self.corpus.test, cfg.test_batch_size).to(dev)
+        self.train_data = batchify(self.corpus.train, cfg.batch_size).to(dev)
+        self.valid_data = batchify(self.corpus.valid, cfg.eval_batch_size).to(dev)
+        self.test_data = batchify(self.corpus.test, cfg.test_batch_size).to(dev)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.corpus.vocab_size).to(dev)
         self.params = list(self.model.parameters())
@@ -285,7 +106,7 @@ class Trainer:
         self.history: list[dict] = []
         self.epoch_gen_state = self.seg_gen.get_state()
         self.hidden = self.model.init_state(self.cfg.batch_size)
-        self.epoch_acc, self.interval_acc = _new_epoch_acc(), _new_interval_acc()
+        self.epoch_acc, self.interval_acc = new_epoch_acc(), new_interval_acc()
         self.elapsed_before = 0.0
         self.finished = False
 
@@ -322,7 +143,7 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+            fh.write(json.dumps(record, sort_keys=True, default=json_default) + "\n")
 
     def _log_offset(self) -> int:
         return self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -376,7 +197,7 @@ class Trainer:
         self._log({"event": "start", "resumed": resumed, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                    "global_step": self.global_step, "config": cfg.to_dict(), "vocab_size": self.corpus.vocab_size,
                    "parameters": sum(p.numel() for p in self.model.parameters()),
-                   "environment": memory.environment_info(cfg.device), "time": time.time()})
+                   "environment": environment_info(cfg.device), "time": time.time()})
         self._say(f"revbench train: {cfg.data} {cfg.cell} L{cfg.num_layers} {cfg.layer_sizes()} "
                   f"k={cfg.max_forget_bits if cfg.reversible else '-'} method={cfg.method} -> {self.out}"
                   + (f" (resumed at epoch {self.epoch}, step {self.step_in_epoch})" if resumed else ""))
@@ -396,15 +217,15 @@ class Trainer:
 
     def _epoch_segments(self):
         self.seg_gen.set_state(self.epoch_gen_state)
-        return list(lmdata.lm_segments(self.train_data, self.cfg.bptt, variable=self.cfg.variable_bptt,
-                                       generator=self.seg_gen))
+        return list(lm_segments(self.train_data, self.cfg.bptt, variable=self.cfg.variable_bptt,
+                                generator=self.seg_gen))
 
     def _train_epoch(self) -> bool:
         cfg = self.cfg
         segments = self._epoch_segments()
         self.model.train()
         measure_at = min(1, len(segments) - 1)     # the 2nd step: gradients already allocated
-        bar = _Bar(len(segments), self.step_in_epoch, f"epoch {self.epoch}/{cfg.epochs}", self.progress)
+        bar = Bar(len(segments), self.step_in_epoch, f"epoch {self.epoch}/{cfg.epochs}", self.progress)
         try:
             while self.step_in_epoch < len(segments):
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
@@ -436,7 +257,7 @@ class Trainer:
                     acc["time_s"] += dt
                 if out.stats.get("buffer_bits_actual") is not None:
                     self.epoch_acc["with_buffer_steps"] += 1
-                    for k in _STAT_SUMS:
+                    for k in STAT_SUMS:
                         self.epoch_acc[k] += float(out.stats.get(k) or 0.0)
                 self.step_in_epoch += 1
                 self.global_step += 1
@@ -479,7 +300,7 @@ class Trainer:
         if not self.progress:
             self._say(f"  epoch {self.epoch} step {self.step_in_epoch}/{n_segments}  loss {loss:.3f}  "
                       f"ppl {math.exp(min(loss, 700.0)):.1f}  lr {self.lr:g}")
-        self.interval_acc = _new_interval_acc()
+        self.interval_acc = new_interval_acc()
 
     def _end_epoch(self) -> None:
         cfg = self.cfg
@@ -495,7 +316,7 @@ class Trainer:
                "valid_loss": val["loss"], "valid_ppl": val["ppl"], "lr": self.lr, "improved": improved,
                "tokens_per_s": a["tokens"] / a["time_s"] if a["time_s"] else None, "train_time_s": a["time_s"],
                "eval_time_s": eval_s}
-        rec.update(self._epoch_savings(a))
+        rec.update(epoch_savings(a))
         mem = a["memory"] or {}
         rec.update({f"step_{k}": v for k, v in mem.items()})
         if improved:
@@ -518,16 +339,8 @@ class Trainer:
         self.step_in_epoch = 0
         self.epoch_gen_state = self.seg_gen.get_state()      # the generator has drawn this epoch's lengths
         self.hidden = self.model.init_state(cfg.batch_size)
-        self.epoch_acc, self.interval_acc = _new_epoch_acc(), _new_interval_acc()
+        self.epoch_acc, self.interval_acc = new_epoch_acc(), new_interval_acc()
         self.save_checkpoint()
-
-    @staticmethod
-    def _epoch_savings(a: dict) -> dict:
-        if not a["with_buffer_steps"]:
-            return {"saving_actual": None, "saving_ideal": None, "buffer_efficiency": None}
-        base, act, ideal = a["state_bits_baseline"], a["buffer_bits_actual"], a["buffer_bits_ideal"]
-        return {"saving_actual": base / act if act else None, "saving_ideal": base / ideal if ideal else None,
-                "buffer_efficiency": act / ideal if ideal else None}
 
     def _finish(self) -> dict:
         cfg = self.cfg
@@ -553,17 +366,17 @@ class Trainer:
             "vocab_size": self.corpus.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
             "epochs": len(epochs), "global_steps": self.global_step, "best_epoch": self.best_epoch,
             "valid_ppl": val["ppl"], "test_ppl": test["ppl"], "valid_loss": val["loss"], "test_loss": test["loss"],
-            "saving_actual": _finite(last.get("saving_actual")), "saving_ideal": _finite(last.get("saving_ideal")),
-            "saving_actual_by_epoch": [_finite(h.get("saving_actual")) for h in epochs],
-            "saving_ideal_by_epoch": [_finite(h.get("saving_ideal")) for h in epochs],
+            "saving_actual": finite(last.get("saving_actual")), "saving_ideal": finite(last.get("saving_ideal")),
+            "saving_actual_by_epoch": [finite(h.get("saving_actual")) for h in epochs],
+            "saving_ideal_by_epoch": [finite(h.get("saving_ideal")) for h in epochs],
             "history": epochs, "final_memory": final_memory,
             "allocator_saving": final_memory.get("allocator_saving") if final_memory else None,
             "train_time_s": round(self._elapsed(), 3), "final_eval_time_s": round(eval_s, 3),
-            "environment": memory.environment_info(cfg.device), "finished_at": time.time(),
+            "environment": environment_info(cfg.device), "finished_at": time.time(),
         }
         if cfg.data == "synthetic":
             result["perplexity_floor"] = self.corpus.info.get("perplexity_floor")
-        atomic_write_json(result, self.result_path)
+        atomic_write_json(result, self.result_path, default=json_default)
         self.finished = True
         self._log({"event": "end", "valid_ppl": val["ppl"], "test_ppl": test["ppl"], "best_epoch": self.best_epoch,
                    "allocator_saving": result["allocator_saving"], "elapsed_s": round(self._elapsed(), 3)})

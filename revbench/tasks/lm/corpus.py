@@ -1,30 +1,15 @@
-"""Data for language modelling and the synthetic tasks: locating, verifying and loading corpora.
+"""Word-level language-model corpora and how training cuts them into segments.
 
-What is here
-------------
-* ``resolve_data_dir`` finds the data root (argument, else ``$REVBENCH_DATA``).
-* ``verify`` checks files against the folder's ``SHA256SUMS`` (``<sha256>  <filename>`` lines,
-  as written by ``sha256sum``) and raises a :class:`DataError` naming the file and both hashes.
 * ``Dictionary`` / ``Corpus`` / ``load_corpus`` give word-level PTB and WikiText-2 exactly as
   pytorch/examples ``word_language_model`` and AWD-LSTM read them: each line split on whitespace
-  plus one ``<eos>``; the vocabulary comes from the training split only.
+  plus one ``<eos>``; the vocabulary comes from the training split only. Where the files live and
+  how they are checked: ``revbench.tasks.datasets``.
 * ``synthetic_corpus`` builds a corpus from a random sparse Markov chain (no files needed); it is
   what the default run and the tests use.
 * ``batchify`` and ``lm_segments`` cut a token stream into AWD-LSTM style training segments.
-* ``repeat_task`` makes batches for the repeat task of the paper's section 4.
-
-Data layout expected under the data root (see ``/work/shared/data/README.md``)::
-
-    <root>/ptb/{ptb.train.txt, ptb.valid.txt, ptb.test.txt, SHA256SUMS}
-    <root>/wikitext-2/{wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens, SHA256SUMS}
-    <root>/multi30k/{train,val,test2016}.{en,de} + SHA256SUMS      (see revbench.tasks.nmt.data)
-
-``verify=False`` skips the checksum check; use it only for your own copy of a dataset that has no
-``SHA256SUMS`` (results on unverified data are not comparable with published numbers).
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from bisect import bisect_right
@@ -35,139 +20,17 @@ from typing import Iterable, Iterator, NamedTuple
 
 import torch
 
-ENV_VAR = "REVBENCH_DATA"
+from revbench.tasks.datasets import DataError, MissingDataError, dataset_dir
+from revbench.tasks.datasets import verify as verify_files
+
 EOS = "<eos>"
 UNK = "<unk>"
-
-# Target value at step 0 of the repeat task: PyTorch's cross-entropy default ``ignore_index``.
-REPEAT_IGNORE_INDEX = -100
 
 # Files of each word-level corpus: split -> file name, inside ``<root>/<name>/``.
 LM_DATASETS: dict[str, dict[str, str]] = {
     "ptb": {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"},
     "wikitext-2": {"train": "wiki.train.tokens", "valid": "wiki.valid.tokens", "test": "wiki.test.tokens"},
 }
-
-
-# ----------------------------------------------------------------------------------------- errors
-class DataError(ValueError):
-    """A dataset is misconfigured, corrupt or malformed (the message says which file and why)."""
-
-
-class MissingDataError(DataError, FileNotFoundError):
-    """A data directory, data file or ``SHA256SUMS`` file does not exist."""
-
-
-class ChecksumError(DataError):
-    """A data file's SHA-256 differs from the one listed in ``SHA256SUMS``."""
-
-
-# ------------------------------------------------------------------------------ locating the data
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """Return the data root: ``data_dir`` if given, else ``$REVBENCH_DATA``.
-
-    Raises :class:`MissingDataError` if neither is set or the folder does not exist.
-    """
-    source = "the data_dir argument (--data-dir)"
-    if data_dir is None or str(data_dir) == "":
-        env = os.environ.get(ENV_VAR, "")
-        if not env:
-            raise MissingDataError(
-                "no data directory given: pass --data-dir PATH (data_dir=... in Python) or set the "
-                f"environment variable {ENV_VAR}=PATH, where PATH holds ptb/, wikitext-2/ and/or multi30k/ "
-                "(each with its SHA256SUMS). The synthetic corpora need no data directory."
-            )
-        data_dir, source = env, f"${ENV_VAR}"
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise MissingDataError(f"data directory {str(path)!r} (from {source}) does not exist or is not a folder")
-    return path.resolve()
-
-
-def dataset_dir(name: str, data_dir: str | os.PathLike | None = None, files: Iterable[str] = ()) -> Path:
-    """Folder of dataset ``name``: ``<root>/<name>``, or the root itself if it directly holds ``files``.
-
-    The second form lets ``--data-dir`` point straight at e.g. a ``ptb/`` folder.
-    """
-    root = resolve_data_dir(data_dir)
-    sub = root / name
-    if sub.is_dir():
-        return sub
-    files = list(files)
-    if files and all((root / f).is_file() for f in files):
-        return root
-    raise MissingDataError(f"dataset folder {str(sub)!r} not found (expected {name}/ under the data directory {str(root)!r})")
-
-
-# ------------------------------------------------------------------------------------- checksums
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def clear_verify_cache() -> None:
-    """Forget every cached file hash (files are re-hashed on next ``verify``)."""
-    _HASH_CACHE.clear()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file, cached in-process per (resolved path, size, mtime_ns)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    digest = _HASH_CACHE.get(key)
-    if digest is None:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        _HASH_CACHE[key] = digest
-    return digest
-
-
-def read_sha256sums(folder: str | os.PathLike) -> dict[str, str]:
-    """Parse ``folder/SHA256SUMS`` (``<hex>  <name>`` or ``<hex> *<name>`` per line) into {name: hex}."""
-    sums = Path(folder) / "SHA256SUMS"
-    if not sums.is_file():
-        raise MissingDataError(
-            f"checksum file {str(sums)!r} is missing; cannot verify the data in {str(folder)!r} "
-            "(create it with `sha256sum FILES > SHA256SUMS`, or pass verify=False / --no-verify for your own copy)"
-        )
-    out: dict[str, str] = {}
-    for lineno, line in enumerate(sums.read_text(encoding="utf-8").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise DataError(f"{str(sums)!r} line {lineno} is not '<sha256>  <filename>': {line!r}")
-        out[parts[1].lstrip("*")] = parts[0].lower()
-    return out
-
-
-def verify(folder: str | os.PathLike, files: Iterable[str]) -> dict[str, str]:
-    """Check each of ``files`` (names inside ``folder``) against ``folder/SHA256SUMS``.
-
-    Returns {name: sha256}. Raises :class:`MissingDataError` for a missing file or SHA256SUMS (or a
-    file SHA256SUMS does not list) and :class:`ChecksumError` naming the file, the expected and the
-    actual hash on a mismatch. Hashes are cached per (path, size, mtime), so repeated loads are fast.
-    """
-    folder = Path(folder)
-    expected = read_sha256sums(folder)
-    result: dict[str, str] = {}
-    for name in files:
-        path = folder / name
-        if not path.is_file():
-            raise MissingDataError(f"data file {str(path)!r} is missing")
-        if name not in expected:
-            raise MissingDataError(f"data file {name!r} has no entry in {str(folder / 'SHA256SUMS')!r}")
-        actual = sha256_file(path)
-        if actual != expected[name]:
-            raise ChecksumError(
-                f"checksum mismatch for {str(path)!r}: expected sha256 {expected[name]}, got {actual} "
-                "(the file is corrupt or a different version; re-copy it)"
-            )
-        result[name] = actual
-    return result
 
 
 # ------------------------------------------------------------------------------ word-level corpora
@@ -299,11 +162,8 @@ def load_corpus(name: str, data_dir: str | os.PathLike | None = None, verify: bo
     files = LM_DATASETS[key]
     folder = dataset_dir(key, data_dir, files.values())
     if verify:
-        _verify(folder, files.values())
+        verify_files(folder, files.values())
     return read_word_corpus(folder, files, name=key)
-
-
-_verify = verify  # module-level alias: load_corpus's ``verify`` flag shadows the function name
 
 
 # ------------------------------------------------------------------------------ synthetic corpus
@@ -472,43 +332,3 @@ def lm_segments(
         length = min(length, n - 1 - i)
         yield Segment(source[i : i + length], source[i + 1 : i + 1 + length])
         i += length
-
-
-# ------------------------------------------------------------------------------ the repeat task
-def repeat_task(
-    num_symbols: int,
-    seq_len: int,
-    batch_size: int,
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of the repeat task (paper section 4): output at step t the input seen at step t-1.
-
-    ``inputs`` are uniform random symbols in ``[0, num_symbols)``, shape (T, B). ``targets[t] =
-    inputs[t-1]`` for t >= 1 and ``targets[0] = REPEAT_IGNORE_INDEX`` (-100, the default
-    ``ignore_index`` of ``torch.nn.functional.cross_entropy``), so step 0, which has nothing to
-    repeat, adds nothing to the loss or to :func:`repeat_task_accuracy`.
-    """
-    if num_symbols < 2:
-        raise ValueError(f"num_symbols must be >= 2, got {num_symbols}")
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be >= 2, got {seq_len}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    inputs = torch.randint(num_symbols, (seq_len, batch_size), generator=generator, dtype=torch.long)
-    targets = torch.empty_like(inputs)
-    targets[0] = REPEAT_IGNORE_INDEX
-    targets[1:] = inputs[:-1]
-    return inputs, targets
-
-
-def repeat_task_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Fraction of scored steps (targets != REPEAT_IGNORE_INDEX) whose argmax equals the target.
-
-    ``logits``: (T, B, num_symbols); ``targets``: (T, B).
-    """
-    if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} do not match targets {tuple(targets.shape)} + (num_symbols,)")
-    mask = targets != REPEAT_IGNORE_INDEX
-    if not bool(mask.any()):
-        raise ValueError("no scored steps (every target is REPEAT_IGNORE_INDEX)")
-    return float((logits.argmax(-1)[mask] == targets[mask]).float().mean())
