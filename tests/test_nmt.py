@@ -6,15 +6,21 @@ import math
 import pytest
 import torch
 
-from revbench.tasks.nmt import train as nmt
-from revbench.tasks.nmt.data import UNK_INDEX, bleu
+from revbench.tasks.nmt.bleu import bleu
+from revbench.tasks.nmt.build import build_model, load_corpus
+from revbench.tasks.nmt.config import make_config
+from revbench.tasks.nmt.decode import translate
+from revbench.tasks.nmt.evaluate import evaluate_loss
+from revbench.tasks.nmt.grid import GridPoint, reproduce
+from revbench.tasks.nmt.train import CheckpointError, train
+from revbench.models.seq2seq.inputs import UNK_INDEX
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw):
-    return nmt.make_config("tiny", **{"synthetic_train": 96, **kw})
+    return make_config("tiny", **{"synthetic_train": 96, **kw})
 
 
 def test_bleu_on_a_hand_computed_fixture():
@@ -27,10 +33,10 @@ def test_bleu_on_a_hand_computed_fixture():
 
 def test_one_epoch_on_the_synthetic_corpus_decreases_the_loss(tmp_path):
     cfg = tiny(epochs=1, synthetic_train=240)
-    corpus = nmt.load_corpus(cfg)
+    corpus = load_corpus(cfg)
     torch.manual_seed(cfg.seed)
-    before = nmt.evaluate_loss(nmt.build_model(cfg, corpus), corpus.valid.pairs())["loss"]
-    res = nmt.train(cfg, tmp_path / "run", corpus=corpus, evaluate=False, log=lambda s: None)
+    before = evaluate_loss(build_model(cfg, corpus), corpus.valid.pairs())["loss"]
+    res = train(cfg, tmp_path / "run", corpus=corpus, evaluate=False, log=lambda s: None)
     after = res["history"][0]["val_loss"]
     assert after < before - 0.05
     assert res["history"][0]["enc_saving_actual"] > 1 and res["history"][0]["dec_saving_actual"] > 1
@@ -40,11 +46,11 @@ def test_one_epoch_on_the_synthetic_corpus_decreases_the_loss(tmp_path):
 @pytest.mark.parametrize("method,cell", [("reversible", "revgru"), ("bptt", "gru")])
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, method, cell):
     cfg = tiny(epochs=2, save_every=4, method=method, cell=cell, context="emb+h:4" if cell == "revgru" else "all")
-    corpus = nmt.load_corpus(cfg)
-    full = nmt.train(cfg, tmp_path / "a", corpus=corpus, evaluate=False, log=lambda s: None)
-    part = nmt.train(cfg, tmp_path / "b", corpus=corpus, stop_after_steps=9, evaluate=False, log=lambda s: None)
+    corpus = load_corpus(cfg)
+    full = train(cfg, tmp_path / "a", corpus=corpus, evaluate=False, log=lambda s: None)
+    part = train(cfg, tmp_path / "b", corpus=corpus, stop_after_steps=9, evaluate=False, log=lambda s: None)
     assert part is None                                  # interrupted mid-epoch 2 (6 steps per epoch)
-    resumed = nmt.train(cfg, tmp_path / "b", resume=True, corpus=corpus, evaluate=False, log=lambda s: None)
+    resumed = train(cfg, tmp_path / "b", resume=True, corpus=corpus, evaluate=False, log=lambda s: None)
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -54,57 +60,57 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path, method, 
 
 def test_existing_checkpoint_needs_resume_and_the_same_config(tmp_path):
     cfg = tiny(epochs=1)
-    corpus = nmt.load_corpus(cfg)
-    nmt.train(cfg, tmp_path, corpus=corpus, stop_after_steps=2, evaluate=False, log=lambda s: None)
-    with pytest.raises(nmt.CheckpointError, match="--resume"):
-        nmt.train(cfg, tmp_path, corpus=corpus, log=lambda s: None)
-    with pytest.raises(nmt.CheckpointError, match="hidden_size"):
-        nmt.train(tiny(epochs=1, hidden_size=16), tmp_path, resume=True, corpus=corpus, log=lambda s: None)
+    corpus = load_corpus(cfg)
+    train(cfg, tmp_path, corpus=corpus, stop_after_steps=2, evaluate=False, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(cfg, tmp_path, corpus=corpus, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        train(tiny(epochs=1, hidden_size=16), tmp_path, resume=True, corpus=corpus, log=lambda s: None)
 
 
 def test_translate_replaces_unknown_words_by_the_attended_source_word():
     cfg = tiny()
-    corpus = nmt.load_corpus(cfg)
+    corpus = load_corpus(cfg)
     torch.manual_seed(0)
-    model = nmt.build_model(cfg, corpus)
+    model = build_model(cfg, corpus)
     with torch.no_grad():
         model.generator.bias[UNK_INDEX] = 100.0          # every output word is <unk>
     split = corpus.test
     for beam in (1, 3):
-        hyps = nmt.translate(model, split, corpus.tgt_vocab, beam_size=beam, replace_unk=True)
+        hyps = translate(model, split, corpus.tgt_vocab, beam_size=beam, replace_unk=True)
         assert len(hyps) == len(split)
         for h, src in zip(hyps, split.src_tokens):
             assert h and all(w in src for w in h)
-    raw = nmt.translate(model, split, corpus.tgt_vocab, beam_size=1, replace_unk=False)
+    raw = translate(model, split, corpus.tgt_vocab, beam_size=1, replace_unk=False)
     assert all(set(h) == {"<unk>"} for h in raw)
 
 
 def test_config_and_grid_point_errors():
     with pytest.raises(ValueError, match="unknown NMT configuration"):
-        nmt.make_config("huge")
+        make_config("huge")
     with pytest.raises(ValueError, match="field"):
-        nmt.make_config("tiny", hiden_size=3)
+        make_config("tiny", hiden_size=3)
     with pytest.raises(ValueError, match="reversible cell"):
-        nmt.make_config("tiny", cell="gru", method="reversible")
+        make_config("tiny", cell="gru", method="reversible")
     with pytest.raises(ValueError, match="context"):
-        nmt.make_config("tiny", context="h:-1")
+        make_config("tiny", context="h:-1")
     with pytest.raises(ValueError, match="max_forget_bits"):
-        nmt.make_config("tiny", max_forget_bits=0)
-    assert nmt.GridPoint.parse("revgru/emb+h:20/none") == nmt.GridPoint("revgru", "emb+h:20", None)
-    assert nmt.GridPoint.parse("revgru/h:20/3").id == "revgru-h20-k3"
+        make_config("tiny", max_forget_bits=0)
+    assert GridPoint.parse("revgru/emb+h:20/none") == GridPoint("revgru", "emb+h:20", None)
+    assert GridPoint.parse("revgru/h:20/3").id == "revgru-h20-k3"
     for bad in ("revgru", "revgru/emb/x", "a/b/c/d"):
         with pytest.raises(ValueError, match="grid point|forgetting limit"):
-            nmt.GridPoint.parse(bad)
-    assert nmt.make_config("paper").resolved_lr() == 0.2
-    assert nmt.make_config("paper", cell="revlstm").resolved_lr() == 0.5
+            GridPoint.parse(bad)
+    assert make_config("paper").resolved_lr() == 0.2
+    assert make_config("paper", cell="revlstm").resolved_lr() == 0.5
 
 
 def test_reproduce_writes_tables_and_reuses_completed_points(tmp_path):
-    from revbench.report.page import check_self_contained
+    from revbench.report.html import check_self_contained
 
-    pts = [nmt.GridPoint("revgru", "emb+h:4", 3), nmt.GridPoint("gru", "all")]
+    pts = [GridPoint("revgru", "emb+h:4", 3), GridPoint("gru", "all")]
     over = {"epochs": 1, "synthetic_train": 64}
-    s = nmt.reproduce("tiny", tmp_path, points=pts, overrides=over, command="test", log=lambda m: None)
+    s = reproduce("tiny", tmp_path, points=pts, overrides=over, command="test", log=lambda m: None)
     assert [e["status"] for e in s["points"]] == ["completed", "completed"]
     rev = s["points"][0]
     assert rev["enc_saving_actual"] > 1 and rev["dec_saving_actual"] > 1
@@ -116,10 +122,10 @@ def test_reproduce_writes_tables_and_reuses_completed_points(tmp_path):
     check_self_contained(page)
     assert json.loads((tmp_path / "grid.json").read_text())["points"][0]["id"] == "revgru-emb_h4-k3"
     assert not (tmp_path / "runs" / rev["id"] / "checkpoint.pt").exists()      # weights not kept by default
-    again = nmt.reproduce("tiny", tmp_path, points=pts, overrides=over, budget_minutes=0, log=lambda m: None)
+    again = reproduce("tiny", tmp_path, points=pts, overrides=over, budget_minutes=0, log=lambda m: None)
     assert all(e["status"].startswith("completed (earlier") for e in again["points"])
-    later = nmt.reproduce("tiny", tmp_path, points=[nmt.GridPoint("revgru", "emb", 2)], overrides=over,
-                          budget_minutes=-1, log=lambda m: None)
+    later = reproduce("tiny", tmp_path, points=[GridPoint("revgru", "emb", 2)], overrides=over,
+                      budget_minutes=-1, log=lambda m: None)
     assert later["points"][0]["status"].startswith("not started")
 
 

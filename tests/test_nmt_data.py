@@ -1,4 +1,4 @@
-"""Tests for revbench.tasks.nmt.data: Moses tokenisation round trip, Multi30K loading and its cache,
+"""Tests for the NMT data (revbench.tasks.nmt): Moses tokenisation round trip, Multi30K loading and its cache,
 vocabulary, the synthetic parallel corpus, length batching and tokenised BLEU."""
 from __future__ import annotations
 
@@ -13,23 +13,15 @@ import torch
 pytest.importorskip("sacremoses", reason="sacremoses is needed for Moses tokenisation (pip install 'revbench[nmt]')")
 pytest.importorskip("sacrebleu", reason="sacrebleu is needed for BLEU (pip install 'revbench[nmt]')")
 
-from revbench.tasks.nmt import data as nmt_data  # noqa: E402
-from revbench.tasks.data import ChecksumError, MissingDataError, read_sha256sums  # noqa: E402
-from revbench.tasks.nmt.data import (  # noqa: E402
-    BOS_INDEX,
-    EOS_INDEX,
-    PAD_INDEX,
-    UNK_INDEX,
-    Vocab,
-    bleu,
-    detokenize,
-    length_batches,
-    load_multi30k,
-    load_parallel,
-    make_batch,
-    synthetic_parallel,
-    tokenize,
-)
+from revbench.tasks.nmt import tokenization as nmt_tokenization  # noqa: E402
+from revbench.tasks.datasets import ChecksumError, MissingDataError, read_sha256sums, sha256_file  # noqa: E402
+from revbench.models.seq2seq.inputs import make_batch  # noqa: E402
+from revbench.tasks.nmt.batches import length_batches  # noqa: E402
+from revbench.tasks.nmt.bleu import bleu  # noqa: E402
+from revbench.tasks.nmt.corpus import load_multi30k, load_parallel, synthetic_parallel  # noqa: E402
+from revbench.tasks.nmt.tokenization import detokenize, tokenize  # noqa: E402
+from revbench.models.seq2seq.inputs import BOS_INDEX, EOS_INDEX, PAD_INDEX, UNK_INDEX  # noqa: E402
+from revbench.tasks.nmt.vocab import Vocab  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
 
@@ -122,7 +114,7 @@ def test_tokenisation_cache_is_used(cache_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("tokenize called although the cache is warm")
 
-    monkeypatch.setattr(nmt_data, "tokenize", boom)
+    monkeypatch.setattr(nmt_tokenization, "tokenize", boom)
     second = load_multi30k(FIXTURES, cache_dir=cache_dir)
     assert second.train.tgt_tokens == first.train.tgt_tokens and second.test.src_ids == first.test.src_ids
     with pytest.raises(AssertionError, match="cache is warm"):
@@ -144,7 +136,7 @@ def test_multi30k_checksum_failure_names_file_and_hashes(tmp_path, cache_dir):
     (folder / "val.de").write_text("Kaputt.\nKaputt.\n", encoding="utf-8")
     with pytest.raises(ChecksumError) as exc:
         load_multi30k(tmp_path, cache_dir=cache_dir)
-    actual = nmt_data.sha256_file(folder / "val.de")
+    actual = sha256_file(folder / "val.de")
     assert "val.de" in str(exc.value) and expected in str(exc.value) and actual in str(exc.value)
 
 
