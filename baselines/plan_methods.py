@@ -1,12 +1,11 @@
-"""The baseline training methods, registered in ``revbench.methods``.
+"""The recomputing baselines as methods (registered in ``revbench.methods``): a plan per chain length, run by
+the one executor over any chain (the language model's segment, each side of the encoder-decoder).
 
 - ``"checkpoint"``: Chen et al.'s checkpointing; ``segments=None`` (round(sqrt(T)) pieces) or an int;
   ``recursive=True`` for the bisecting O(log T)-memory form.
 - ``"gruslys"``: Gruslys et al.'s optimal policy under a slot budget: exactly one of ``slots=`` (int),
   ``budget=`` (fraction of T) or ``budget_bytes=`` (bytes of stored states); none given means ``budget=0.05``.
   ``policy="hsm"`` (states only) or ``"mixed"`` (states and recorded step graphs).
-- ``"bptt-fused"``: full BPTT through the fused kernels of ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN on a GPU)
-  with the parameters of the model's ``"lstm"`` / ``"gru"`` cells and the segment's dropout masks.
 
 The recomputing methods build a plan (``baselines.schedules``) and run it with ``baselines.executor``; they work
 on every cell type (for reversible cells a stored state is the whole Carry: fixed-point integers and live buffer;
@@ -18,15 +17,10 @@ included), ``stored_states_peak`` (states in slots at once, state 0 included, th
 from __future__ import annotations
 
 import numbers
-import warnings
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from revbench.core.functional import embedding_into, linear_into
-from revbench.methods import Method, register
-from revbench.models.segment import IGNORE, Carry, LayerState
+from revbench.core.protocol import ChainResult, Method
 
 from baselines.checkpointing import chen_plan, recursive_plan
 from baselines.executor import execute
@@ -39,28 +33,31 @@ class _PlanMethod(Method):
     def __init__(self):
         self._plans = {}
 
-    def make_plan(self, seg, carry):
+    def make_plan(self, chain, carry):
         raise NotImplementedError
 
-    def run(self, seg, carry):
-        plan = self.make_plan(seg, carry)
-        ex = execute(plan, seg, carry)
-        loss = torch.stack(ex.losses).sum()
-        extra = ex.stats.as_dict()
-        extra["plan_policy"] = plan.policy
-        extra.update(plan.params)
+    def run_chain(self, chain, start, *, end=None, grad_end=None, grad_start=False):
+        plan = self.make_plan(chain, start)            # ``end`` is not needed: a plan recomputes from state 0
+        ex = execute(plan, chain, start, grad_final=grad_end, grad_initial=grad_start)
+        stats = ex.stats.as_dict()
+        stats["plan_policy"] = plan.policy
+        stats.update(plan.params)
         if plan.slots is not None:
-            extra["slots"] = plan.slots
-        return loss, ex.final, extra
+            stats["slots"] = plan.slots
+        return ChainResult(loss=torch.stack(ex.losses).sum(), final=ex.final, start_grads=ex.initial_grads,
+                           stats=stats)
 
 
-@register("checkpoint")
 class Checkpoint(_PlanMethod):
     """Chen et al. (2016): keep the state at each piece boundary, re-run each piece with autograd on the way back.
 
     ``segments``: number of pieces (None: round(sqrt(T))). ``recursive=True``: bisect down to single steps
-    (O(log2 T) stored states, O(T log T) forward work); ``segments`` does not apply to it.
+    (O(log2 T) stored states, O(T log T) forward work); ``segments`` does not apply to it. On a chain whose
+    length varies from batch to batch (a sentence), ``segments`` is an upper bound: a chain shorter than it is
+    split into single steps.
     """
+
+    name = "checkpoint"
 
     def __init__(self, segments: int | None = None, recursive: bool = False):
         super().__init__()
@@ -82,13 +79,15 @@ class Checkpoint(_PlanMethod):
             opts["recursive"] = True
         return opts
 
-    def make_plan(self, seg, carry):
-        if seg.T not in self._plans:
-            self._plans[seg.T] = recursive_plan(seg.T) if self.recursive else chen_plan(seg.T, self.segments)
-        return self._plans[seg.T]
+    def make_plan(self, chain, carry):
+        T, k = chain.T, self.segments
+        if k is not None and chain.varies_in_length:
+            k = min(k, T)
+        if (T, k) not in self._plans:
+            self._plans[(T, k)] = recursive_plan(T) if self.recursive else chen_plan(T, k)
+        return self._plans[(T, k)]
 
 
-@register("gruslys")
 class Gruslys(_PlanMethod):
     """Gruslys et al. (2016): the recomputation-minimising policy for a fixed number of slots (dynamic programming).
 
@@ -98,6 +97,7 @@ class Gruslys(_PlanMethod):
     states only) or ``"mixed"`` (also keeps single steps' graphs, each counted as one slot: alpha = 1).
     """
 
+    name = "gruslys"
     POLICIES = ("hsm", "mixed")
 
     def __init__(self, slots: int | None = None, budget: float | None = None, budget_bytes: int | None = None,
@@ -122,94 +122,13 @@ class Gruslys(_PlanMethod):
         opts["policy"] = self.policy
         return opts
 
-    def make_plan(self, seg, carry):
-        m = resolve_slots(seg.T, slots=self.slots, budget=self.budget, budget_bytes=self.budget_bytes,
+    def make_plan(self, chain, carry):
+        m = resolve_slots(chain.T, slots=self.slots, budget=self.budget, budget_bytes=self.budget_bytes,
                           state_bytes=carry.nbytes() if self.budget_bytes is not None else None)
-        key = (seg.T, m)
+        key = (chain.T, m)
         if key not in self._plans:
-            self._plans[key] = (mixed_plan if self.policy == "mixed" else hsm_plan)(seg.T, m)
+            self._plans[key] = (mixed_plan if self.policy == "mixed" else hsm_plan)(chain.T, m)
         return self._plans[key]
 
 
-# ---------------------------------------------------------------------------------------------- fused BPTT
-# torch.lstm / torch.gru are the kernels nn.LSTM / nn.GRU call (cuDNN on a GPU). Calling them with the model's own
-# weight list (rather than nn.LSTM through torch.func.functional_call) keeps the model's parameters untouched:
-# nn.LSTM.flatten_parameters would re-point their storage into a flat cuDNN buffer on every call.
-_KERNELS = {"lstm": torch.lstm, "gru": torch.gru}
-
-
-@register("bptt-fused")
-class FusedBPTT(Method):
-    """Full BPTT through the framework's fused recurrent kernel (what torch.nn.LSTM / torch.nn.GRU run; cuDNN on a
-    GPU).
-
-    Uses the parameters of the model's "lstm" / "gru" cells (same layout and equations) and the segment's dropout
-    masks (embedding dropout, locked dropout on inputs, between layers and outputs, weight-drop), so its gradients
-    equal "bptt"'s up to rounding. Layers run in one multi-layer call when nothing happens between them (no
-    between-layer dropout, equal sizes), else one call per layer. Padding (``lengths``) runs as packed sequences.
-    """
-
-    def check_model(self, model):
-        if model.cell_type not in _KERNELS:
-            raise ValueError(f"method 'bptt-fused' runs torch.nn.LSTM / torch.nn.GRU: it needs cell 'lstm' or 'gru', "
-                             f"got {model.cell_type!r}; use 'bptt' (the step loop) for the other cells")
-
-    def run(self, seg, carry):
-        model, kind, masks = seg.model, seg.model.cell_type, seg.masks
-        x = embedding_into(model.encoder.weight, seg.inputs, masks.emb_rows)          # (T, B, E)
-        if masks.inputs is not None:
-            x = x * masks.inputs
-        sizes = model.hidden_sizes
-        groups = [list(range(len(sizes)))]
-        if len(sizes) > 1 and (any(m is not None for m in masks.between) or len(set(sizes)) > 1):
-            groups = [[l] for l in range(len(sizes))]
-        finals = [None] * len(sizes)
-        for group in groups:
-            weights = [seg.weight_leaves[l][name] for l in group
-                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            n_parts = len(model.cells[group[0]].parts)
-            hx = [torch.stack([carry.layers[l].floats[i] for l in group]) for i in range(n_parts)]
-            x, hn = _fused(kind, x, hx, weights, len(group), seg.lengths)
-            for k, l in enumerate(group):
-                finals[l] = LayerState(None, tuple(h[k] for h in hn), None)
-            last = group[-1]
-            if last < len(sizes) - 1 and masks.between and masks.between[last] is not None:
-                x = x * masks.between[last]
-        if masks.outputs is not None:
-            x = x * masks.outputs
-        logits = linear_into(x, model.decoder.weight, model.decoder.bias)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.targets.reshape(-1), reduction="sum",
-                               ignore_index=IGNORE) / seg.n_tokens
-        loss.backward()
-        T = seg.T
-        return loss, Carry(tuple(finals)), {"forward_steps": T, "stored_states_peak": T, "graph_steps_peak": T}
-
-
-def _fused(kind, x, hx, weights, layers, lengths):
-    """Run the fused kernel over (T, B, in) from ``hx`` (list of (layers, B, H)); returns (output, list of h_n)."""
-    kernel = _KERNELS[kind]
-    with warnings.catch_warnings():
-        # cuDNN copies weights that are not one contiguous buffer (always so here: they are the model's cell
-        # parameters, or weight-dropped copies as in AWD-LSTM) and warns on every call
-        warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory.*")
-        if lengths is None:
-            res = kernel(x, tuple(hx) if kind == "lstm" else hx[0], weights, True, layers, 0.0, False, False, False)
-            return res[0], list(res[1:])
-        T, B = x.shape[0], x.shape[1]
-        keep = torch.nonzero(lengths > 0).flatten()        # packing needs lengths >= 1: length-0 rows keep hx
-        if keep.numel() == 0:
-            raise ValueError("bptt-fused: every sequence in the batch has length 0")
-        packed = nn.utils.rnn.pack_padded_sequence(x.index_select(1, keep), lengths.index_select(0, keep).cpu(),
-                                                   enforce_sorted=False)
-        order = keep.index_select(0, packed.sorted_indices.to(keep.device))   # batch rows in packed order
-        h_sorted = [h.index_select(1, order) for h in hx]
-        res = kernel(packed.data, packed.batch_sizes, tuple(h_sorted) if kind == "lstm" else h_sorted[0], weights,
-                     True, layers, 0.0, False, False)
-        out = nn.utils.rnn.PackedSequence(res[0], packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=T)          # (T, len(keep), H), rows as keep
-        full = torch.zeros(T, B, out.shape[-1], dtype=out.dtype, device=out.device).index_copy(1, keep, out)
-        hn = [h0.index_copy(1, order, h) for h0, h in zip(hx, res[1:])]
-        return full, hn
-
-
-__all__ = ["Checkpoint", "Gruslys", "FusedBPTT"]
+__all__ = ["Checkpoint", "Gruslys"]

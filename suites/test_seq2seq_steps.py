@@ -4,19 +4,19 @@ benchmark.extra_info."""
 import pytest
 import torch
 
-from revbench.models.seq2seq import get_method
-from revbench.measure.seq2seq_bench import Seq2SeqWorkload, add_side_savings, measure_seq2seq, supports
+from revbench import methods
+from revbench.measure.seq2seq_bench import Seq2SeqWorkload, add_side_savings, measure_seq2seq
 from revbench.measure.harness import add_allocator_saving
 
 
 def test_seq2seq_step(benchmark, s2s_case, s2s_bptt):
     case = s2s_case
-    ok, why = supports(case.method, case.cfg.cell)
+    ok, why = methods.supports(case.method, case.cfg.cell, kind="seq2seq")
     if not ok:
         pytest.skip(why)
     if case.cfg.device.startswith("cuda") and not torch.cuda.is_available():
         pytest.skip("GPU benchmark: no CUDA device on this machine")
-    method = get_method(case.method, **case.options)
+    method = methods.get(case.method, **case.options)
     wl = Seq2SeqWorkload(case.cfg)
     record = measure_seq2seq(method, case.cfg, wl)       # memory first, outside the timed rounds
     s2s_bptt.remember(record)

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from revbench import methods
-from revbench.measure.harness import Workload, add_allocator_saving, measure_method, supports
+from revbench.measure.harness import Workload, add_allocator_saving, measure_method
 
 
 def test_step(benchmark, case, bptt_peaks):
-    ok, why = supports(case.method, case.cfg.cell)
+    ok, why = methods.supports(case.method, case.cfg.cell, kind="lm")
     if not ok:
         pytest.skip(why)
     if case.cfg.device.startswith("cuda") and not torch.cuda.is_available():

@@ -190,7 +190,7 @@ def test_recomputing_methods_hold_less_live_memory(cell):
     """A cross-check of the executor's bookkeeping with an independent meter (live tensor bytes): states it drops
     are really released. At T = 120 the recomputing methods' peaks are a fraction of BPTT's, and the policies
     that keep O(1) steps under autograd beat sqrt(T) checkpointing's stretches of 11 steps."""
-    from revbench.measure.memory import LiveTensorMeter
+    from revbench.measure.live import LiveTensorMeter
     model = make_model(cell, layers=1, dropout=True, vocab=50, emb=32, hidden=64, dtype=torch.float32)
     x, y = make_batch(120, 8, vocab=50)
     peaks = {}

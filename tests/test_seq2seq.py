@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from revbench.tasks.nmt.data import EOS_INDEX, make_batch
-from revbench.models.seq2seq import BatchRun, ContextSpec, Seq2Seq, encode, evaluate_batch, get_method
+from revbench.models.seq2seq.inputs import make_batch
+from revbench.models.seq2seq.inputs import EOS_INDEX
+from revbench import methods
+from revbench.models.seq2seq import BatchRun, ContextSpec, Seq2Seq, encode, evaluate_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,11 +39,11 @@ def make_model(cell="revgru", context="emb+h:3", layers=1, k=2, dropout=0.3, dty
                    dropout=dropout, init_range=0.5).to(dtype)
 
 
-def run_step(method, model, batch, seed=3, **opts):
+def run_step(method, model, batch, seed=3, normalize="tokens", **opts):
     for p in model.parameters():
         p.grad = None
     torch.manual_seed(seed)
-    out = get_method(method, **opts).step_batch(model, batch)
+    out = methods.get(method, **opts).step(model, batch, normalize=normalize)
     return out, {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
@@ -164,11 +166,11 @@ def test_recomputing_baselines_gradients_equal_bptt_float64(method, opts, cell, 
 
 def test_planned_method_options_are_validated_like_the_language_models():
     with pytest.raises(ValueError, match="segments"):
-        get_method("checkpoint", segments=0)
+        methods.get("checkpoint", segments=0)
     with pytest.raises(ValueError, match="policy"):
-        get_method("gruslys", policy="nope")
+        methods.get("gruslys", policy="nope")
     with pytest.raises(ValueError, match="not available"):
-        get_method("bptt-fused")
+        methods.get("bptt-fused").step(make_model("gru", "all"), padded_batch())
 
 
 def test_gradients_equal_with_sentence_normalisation():
@@ -205,7 +207,7 @@ def test_padding_content_changes_nothing():
 @pytest.mark.parametrize("cell", ["revgru", "revlstm", "gru", "lstm"])
 def test_padded_batch_equals_each_sentence_alone(cell):
     """Per sentence: the same encoder state, loss, gradient and greedy translation in a padded batch as alone."""
-    from revbench.tasks.nmt.train import greedy_decode
+    from revbench.tasks.nmt.decode import greedy_decode
 
     model = make_model(cell, "emb+h:3" if cell.startswith("rev") else "all", k=3, dropout=0.0)
     model.eval()                                       # no dropout: masks would depend on the batch size
@@ -276,7 +278,7 @@ def test_stats_report_encoder_and_decoder_savings_separately():
 
 
 def test_every_method_holds_less_live_memory_than_bptt_on_each_side():
-    from revbench.tasks.nmt.train import measure_step_memory
+    from revbench.tasks.nmt.step_memory import measure_step_memory
 
     torch.manual_seed(0)
     model = Seq2Seq(40, 40, 16, 32, 1, cell="revgru", context="emb+h:4", dropout=0.2)
@@ -301,19 +303,19 @@ def test_context_parsing_and_bad_input():
     with pytest.raises(ValueError, match="slice"):
         Seq2Seq(10, 10, 4, 8, context="emb+h:5")                   # h1 has only 4 units
     with pytest.raises(ValueError, match="reversible cell"):
-        get_method("reversible").step_batch(make_model("gru", "all"), padded_batch())
+        methods.get("reversible").step(make_model("gru", "all"), padded_batch())
     with pytest.raises(ValueError, match="not available"):
-        get_method("no-such-method")
+        methods.get("no-such-method")
     model = make_model()
     b = padded_batch()
     with pytest.raises(ValueError, match="tgt_in token ids"):
-        get_method("bptt").step(model, b.src, b.src_lengths, b.tgt_in + 100, b.tgt_out, b.tgt_lengths)
+        methods.get("bptt").step(model, b._replace(tgt_in=b.tgt_in + 100))
     with pytest.raises(ValueError, match="src_lengths"):
-        get_method("bptt").step(model, b.src, b.src_lengths * 0, b.tgt_in, b.tgt_out, b.tgt_lengths)
+        methods.get("bptt").step(model, b._replace(src_lengths=b.src_lengths * 0))
 
 
 def test_greedy_stops_at_eos_and_beam_one_equals_greedy():
-    from revbench.tasks.nmt.train import beam_search, greedy_decode
+    from revbench.tasks.nmt.decode import beam_search, greedy_decode
 
     model = make_model("revgru", "emb+h:3", dropout=0.0)
     batch = padded_batch(9)

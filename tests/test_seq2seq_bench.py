@@ -6,9 +6,9 @@ import pytest
 
 from revbench.report.page import render_report
 from revbench.report.results import load_benchmarks, split_kinds
-from revbench.models.seq2seq import get_method
+from revbench import methods
 from revbench.measure.seq2seq_bench import (Seq2SeqBenchConfig, Seq2SeqWorkload, add_side_savings, bptt_cache,
-                                    measure_seq2seq, supports)
+                                            measure_seq2seq)
 from tests.fixtures import benchjson
 
 TINY = Seq2SeqBenchConfig(hidden_size=16, emb_size=8, batch_size=4, src_len=7, tgt_len=6, vocab_size=50,
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def records(one_thread):
     cache, out = bptt_cache(), {}
     for name, opts in (("bptt", {}), ("reversible", {}), ("checkpoint", {}), ("gruslys", {"slots": 2})):
-        rec = measure_seq2seq(get_method(name, **opts), TINY)
+        rec = measure_seq2seq(methods.get(name, **opts), TINY)
         cache.remember(rec)
         add_side_savings(rec, cache.bptt(TINY))
         out[name] = rec
@@ -51,7 +51,8 @@ def test_record_identity_and_per_side_figures(records):
     assert rv["enc_saving_actual"] > 1 and rv["dec_saving_ideal"] > 1        # the reversible method's bit counts
     assert bp["enc_saving_actual"] is None and bp["enc_saving_actual_reason"]
     assert records["gruslys"]["method_options"] == '{"policy": "hsm", "slots": 2}'
-    assert supports("reversible", "gru")[0] is False and supports("checkpoint", "gru")[0] is True
+    assert methods.supports("reversible", "gru", kind="seq2seq")[0] is False
+    assert methods.supports("checkpoint", "gru", kind="seq2seq")[0] is True
 
 
 def _doc_with(records):

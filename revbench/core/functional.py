@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+IGNORE = -100    # target id the cross-entropy ignores (padding)
+
 
 class _StraightThrough(Function):
     @staticmethod
@@ -86,3 +88,4 @@ def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return F.linear(x, weight, bias)
     return _LinearInto.apply(x, weight, bias)
+

@@ -19,6 +19,7 @@ import torch
 from revbench import methods
 
 from revbench.measure import memory
+from revbench.measure.environment import environment_info
 from revbench.models.lm import RNNLM
 
 RECORD_SCHEMA = "revbench.record/1"
@@ -97,15 +98,6 @@ def method_identity(method) -> dict:
             "method_label": method.label() if hasattr(method, "label") else method.name}
 
 
-def supports(method_name: str, cell: str) -> tuple[bool, str]:
-    """Whether a method applies to a cell (and why not), without building anything."""
-    if method_name == "reversible" and not cell.startswith(("rev", "nf-rev")):
-        return False, f"'reversible' needs a reversible cell, not {cell!r}"
-    if method_name == "bptt-fused" and cell not in ("lstm", "gru"):
-        return False, f"'bptt-fused' uses torch.nn.LSTM/GRU: only for cells 'lstm' and 'gru', not {cell!r}"
-    return True, ""
-
-
 def base_record(kind: str, method, cfg, figures: dict) -> dict:
     """What every record starts with: schema, kind, the method's identity, the configuration (its fields and
     ``config_id``; no seed), the headline peak and every meter's figures. The environment comes last."""
@@ -136,7 +128,7 @@ def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, w
     if record["buffer_bits_actual"] is None:
         record["buffer_bits_actual_reason"] = (
             "this method does not keep the information buffer" if cfg.reversible else "this cell has no buffer")
-    record.update(memory.environment_info(cfg.device))
+    record.update(environment_info(cfg.device))
     return record
 
 

@@ -21,8 +21,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from revbench.measure import memory
+from revbench.measure.environment import environment_info
 from revbench.measure.harness import BaselineCache, base_record, target_dtype
-from revbench.models.seq2seq import Seq2Seq, get_method
+from revbench.measure.live import LiveTensorMeter
+from revbench import methods
+from revbench.models.seq2seq import Seq2Seq
 
 KIND = "seq2seq"
 SIDE_FIGURES = ("enc_state_bits_baseline", "enc_buffer_bits_actual", "enc_buffer_bits_ideal", "enc_context_bits_actual",
@@ -74,7 +77,7 @@ class Seq2SeqWorkload:
     """The model and one padded batch of a configuration (deterministic from the seed)."""
 
     def __init__(self, cfg: Seq2SeqBenchConfig):
-        from revbench.tasks.nmt.data import make_batch
+        from revbench.models.seq2seq.inputs import make_batch
 
         dtype = target_dtype(cfg)
         for name in ("src_len", "tgt_len", "batch_size"):
@@ -96,21 +99,15 @@ class Seq2SeqWorkload:
         """One step on the first two sentence pairs' first steps: allocates the parameter gradients."""
         b = self.batch
         S, T = min(2, b.src.shape[0]), min(2, b.tgt_in.shape[0])
-        method.step(self.model, b.src[:S, :2], b.src_lengths[:2].clamp(max=S), b.tgt_in[:T, :2], b.tgt_out[:T, :2],
-                    b.tgt_lengths[:2].clamp(max=T))
+        method.step(self.model, b._replace(src=b.src[:S, :2], src_lengths=b.src_lengths[:2].clamp(max=S),
+                                           tgt_in=b.tgt_in[:T, :2], tgt_out=b.tgt_out[:T, :2],
+                                           tgt_lengths=b.tgt_lengths[:2].clamp(max=T)))
 
     def step(self, method, on_phase=None):
-        out = method.step_batch(self.model, self.batch, on_phase=on_phase)
+        out = method.step(self.model, self.batch, on_phase=on_phase)
         if self.cfg.device.startswith("cuda"):
             torch.cuda.synchronize()
         return out
-
-
-def supports(method_name: str, cell: str) -> tuple[bool, str]:
-    """Whether a seq2seq method applies to a cell (and why not)."""
-    if method_name == "reversible" and not cell.startswith(("rev", "nf-rev")):
-        return False, f"'reversible' needs a reversible cell, not {cell!r}"
-    return True, ""
 
 
 def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload | None = None) -> dict:
@@ -120,7 +117,7 @@ def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload |
     gc.collect()
     params = list(wl.model.parameters())
     meters = memory.default_meters(cfg.device, params)
-    live = next(m for m in meters if isinstance(m, memory.LiveTensorMeter))
+    live = next(m for m in meters if isinstance(m, LiveTensorMeter))
     marks, outs = {}, []
 
     def on_phase(name):
@@ -151,7 +148,7 @@ def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload |
         record[f"{key}_reason"] = "encoder-decoder: see the enc_/dec_ figures"
     for key in ("forward_steps", "reverse_steps", "stored_states_peak"):
         record[key] = stats.get(key)
-    record.update(memory.environment_info(cfg.device))
+    record.update(environment_info(cfg.device))
     return record
 
 
@@ -172,8 +169,8 @@ def add_side_savings(record: dict, bptt: dict | None) -> dict:
 
 def bptt_cache() -> BaselineCache:
     """``revbench.measure.harness.BaselineCache`` of encoder-decoder bptt records."""
-    return BaselineCache(measure=lambda cfg: measure_seq2seq(get_method("bptt"), cfg))
+    return BaselineCache(measure=lambda cfg: measure_seq2seq(methods.get("bptt"), cfg))
 
 
-__all__ = ["KIND", "Seq2SeqBenchConfig", "Seq2SeqWorkload", "supports", "measure_seq2seq", "add_side_savings",
+__all__ = ["KIND", "Seq2SeqBenchConfig", "Seq2SeqWorkload", "measure_seq2seq", "add_side_savings",
            "bptt_cache"]

@@ -15,6 +15,8 @@ from torch import nn
 
 from revbench.core.cells import CELL_TYPES, REVERSIBLE_CELLS, make_cell, validate_max_forget_bits
 from revbench.core.fixedpoint import to_fixed
+from revbench.core.protocol import StepOutput
+from revbench.models.segment import Segment
 
 
 def _locked_mask(shape, p, like: torch.Tensor) -> torch.Tensor | None:
@@ -39,6 +41,8 @@ class RNNLM(nn.Module):
     ``hidden_size`` is an int (every layer) or a list with one size per layer (AWD: 1150 inner, last = emb).
     Input and output embeddings are tied when ``tie_weights`` and the last layer's size equals ``emb_size``.
     """
+
+    kind = "lm"
 
     def __init__(self, vocab_size: int, emb_size: int, hidden_size, num_layers: int = 1, cell: str = "revlstm",
                  max_forget_bits: int | None = 3, dropout_emb: float = 0.0, dropout_in: float = 0.0,
@@ -136,3 +140,15 @@ class RNNLM(nn.Module):
                 "hidden_sizes": list(self.hidden_sizes), "emb_size": self.emb_size, "vocab_size": self.vocab_size,
                 "max_forget_bits": self.max_forget_bits if self.reversible else None,
                 "dtype": str(self.float_dtype()).replace("torch.", "")}
+
+    def run_step(self, method, inputs, targets, state, lengths=None) -> StepOutput:
+        """One truncated segment trained by ``method`` (``method.step(model, ...)`` calls this): the language
+        model is one chain, the ``Segment``. ``inputs``/``targets``: LongTensor (T, B); ``state``: from
+        ``init_state`` or the previous step's ``out.state``; ``lengths``: optional (B,) valid steps."""
+        seg = Segment(self, inputs, targets, lengths, keep_words=method.keep_words)
+        res = method.run_chain(seg, seg.start(state))
+        seg.finish()
+        stats = seg.stats()
+        stats.update(res.stats)
+        stats["method"] = method.name
+        return StepOutput(loss=res.loss.detach(), state=seg.final_state(res.final), stats=stats)

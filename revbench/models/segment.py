@@ -16,148 +16,21 @@ values are identical either way.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from revbench.core.buffer import GATE_ONE, WordStack, buffered_div, buffered_mul, empty_buffer, is_empty
-from revbench.core.fixedpoint import SCALE, check_state, from_fixed, quantise_gate, to_fixed
-from revbench.core.functional import embedding_into, linear_into, straight_through
-
-IGNORE = -100
-
-
-@dataclass(frozen=True)
-class LayerState:
-    ints: tuple | None          # int64 fixed point (reversible cells) or None
-    floats: tuple               # float values (== ints / 2**23 exactly for reversible cells)
-    bx: torch.Tensor | None     # live buffer (reversible cells that forget) or None
-
-
-@dataclass(frozen=True)
-class Carry:
-    layers: tuple
-
-    def floats(self) -> list[torch.Tensor]:
-        return [f for layer in self.layers for f in layer.floats]
-
-    def grads(self) -> list[torch.Tensor]:
-        return [f.grad if f.grad is not None else torch.zeros_like(f) for f in self.floats()]
-
-    def nbytes(self) -> int:
-        """Bytes one stored state holds (what a checkpointing slot costs): fixed-point ints, their float
-        values and the live buffer for reversible cells; the floats for ordinary cells."""
-        n = 0
-        for layer in self.layers:
-            tensors = [*(layer.ints or ()), *layer.floats, *((layer.bx,) if layer.bx is not None else ())]
-            n += sum(t.numel() * t.element_size() for t in tensors)
-        return n
-
-
-def leaf_carry(carry: Carry, dtype: torch.dtype) -> Carry:
-    """A Carry with the same exact values whose float tensors are fresh autograd leaves (requires_grad):
-    the start of a recomputed stretch. Reversible layers rebuild their floats from the integers."""
-    layers = []
-    for ls in carry.layers:
-        if ls.ints is not None:
-            floats = tuple(from_fixed(p, dtype).requires_grad_() for p in ls.ints)
-        else:
-            floats = tuple(f.detach().requires_grad_() for f in ls.floats)
-        layers.append(LayerState(ls.ints, floats, ls.bx))
-    return Carry(tuple(layers))
-
-
-def _col(mask):
-    return None if mask is None else mask.unsqueeze(-1)
-
-
-def buffer_bits_allocated(carry: Carry, stacks) -> int:
-    """Bits the buffers of a carry allocate: 64 per live element plus each word stack's chunk capacity."""
-    bits = 0
-    for ls, st in zip(carry.layers, stacks):
-        if ls.bx is not None and st is not None:
-            bits += 64 * ls.bx.numel() + st.allocated_bits()
-    return bits
-
-
-def buffers_empty(carry: Carry, stacks) -> bool:
-    """True when every buffer of a carry holds no information (reversal consumed exactly what was stored)."""
-    return all(is_empty(ls.bx, st) for ls, st in zip(carry.layers, stacks) if ls.bx is not None)
-
-
-class StateUpdater:
-    """Applies one multiplicative-plus-additive update of a reversible cell's state part.
-
-    known=None: the exact forward (quantise, multiply through the buffer, add).
-    known=LayerState: replay; the next integers are already known (reversible backprop).
-    """
-
-    def __init__(self, seg, layer: int, ls: LayerState, mask, known: LayerState | None):
-        self.seg, self.layer, self.mask, self.known = seg, layer, mask, known
-        self.ints, self.floats, self.bx = list(ls.ints), list(ls.floats), ls.bx
-        self.ideal = None
-
-    def __call__(self, i: int, z, add):
-        h_prev, m = self.floats[i], _col(self.mask)
-        if self.known is None:
-            add_int = to_fixed(add)
-            if m is not None:
-                add_int = torch.where(m, add_int, torch.zeros_like(add_int))
-            if z is None:
-                new = self.ints[i] + add_int
-            else:
-                zq = quantise_gate(z)
-                bits = -torch.log2(z.detach().double())
-                if m is not None:
-                    zq = torch.where(m, zq, torch.full_like(zq, GATE_ONE))
-                    bits = torch.where(m, bits, torch.zeros_like(bits))
-                new, self.bx = buffered_mul(self.ints[i], zq, self.bx, self.seg.stacks[self.layer])
-                new = new + add_int
-                s = bits.sum()
-                self.ideal = s if self.ideal is None else self.ideal + s
-            check_state(new, self.seg.model.cells[self.layer].parts[i])
-        else:
-            new = self.known.ints[i]
-        self.ints[i] = new
-        if torch.is_grad_enabled():
-            expr = (h_prev if z is None else z * h_prev) + add
-            if m is not None:
-                expr = torch.where(m, expr, h_prev)
-            f = straight_through(new, expr, SCALE, self.seg.dtype)
-        else:
-            f = from_fixed(new, self.seg.dtype)
-        self.floats[i] = f
-        return f
-
-    def result(self) -> LayerState:
-        bx = self.known.bx if self.known is not None else self.bx
-        return LayerState(tuple(self.ints), tuple(self.floats), bx)
-
-
-class StateUndoer:
-    """Undoes the updates of one reversible layer in reverse order (exact integers, no autograd)."""
-
-    def __init__(self, seg, layer: int, ls: LayerState, mask):
-        self.seg, self.layer, self.mask, self.bx = seg, layer, mask, ls.bx
-
-    def __call__(self, i, h, z, add):
-        m = _col(self.mask)
-        add_int = to_fixed(add)
-        if m is not None:
-            add_int = torch.where(m, add_int, torch.zeros_like(add_int))
-        h = h - add_int
-        if z is None:
-            return h
-        zq = quantise_gate(z)
-        if m is not None:
-            zq = torch.where(m, zq, torch.full_like(zq, GATE_ONE))
-        h, self.bx = buffered_div(h, zq, self.bx, self.seg.stacks[self.layer])
-        return h
+from revbench.core.buffer import WordStack
+from revbench.core.fixedpoint import from_fixed
+from revbench.core.functional import IGNORE, embedding_into, linear_into
+from revbench.core.state import (Carry, LayerState, StateUndoer, StateUpdater, buffer_bits_allocated, buffers_empty,
+                                 col, leaf_carry, start_carry)
 
 
 class Segment:
     """See the module docstring. ``inputs``/``targets``: LongTensor (T, B); ``lengths``: optional (B,) valid steps."""
+
+    varies_in_length = False      # a language model's segments have the length the caller chose
 
     def __init__(self, model, inputs, targets, lengths=None, keep_words: bool = False):
         self.model = model
@@ -194,15 +67,7 @@ class Segment:
     # ------------------------------------------------------------------ states
     def start(self, state) -> Carry:
         _validate_state(self.model, state, self.B)
-        layers = []
-        for c, parts in zip(self.model.cells, state):
-            if c.reversible:
-                ints = tuple(p.detach() for p in parts)
-                bx = empty_buffer((self.B, c.half), self.device) if c.forgets else None
-                layers.append(LayerState(ints, tuple(from_fixed(p, self.dtype) for p in ints), bx))
-            else:
-                layers.append(LayerState(None, tuple(p.detach().to(self.dtype) for p in parts), None))
-        return Carry(tuple(layers))
+        return start_carry(self.model.cells, state, self.B, self.dtype, self.device)
 
     def leaf(self, carry: Carry) -> Carry:
         """Same exact values; float tensors are fresh autograd leaves."""
@@ -232,7 +97,8 @@ class Segment:
             for l, (cell, ls) in enumerate(zip(self.model.cells, carry.layers)):
                 W = self.weight_leaves[l]
                 if cell.reversible:
-                    upd = StateUpdater(self, l, ls, mask, None if known is None else known.layers[l])
+                    upd = StateUpdater(self.stacks[l], cell.parts, self.dtype, ls, mask,
+                                       None if known is None else known.layers[l])
                     cell.step(x, ls.floats, upd, W)
                     new = upd.result()
                     if upd.ideal is not None:
@@ -240,7 +106,7 @@ class Segment:
                 else:
                     floats = cell.step(x, ls.floats, W)
                     if mask is not None:
-                        floats = tuple(torch.where(_col(mask), f, o) for f, o in zip(floats, ls.floats))
+                        floats = tuple(torch.where(col(mask), f, o) for f, o in zip(floats, ls.floats))
                     new = LayerState(None, tuple(floats), None)
                 new_layers.append(new)
                 x = self._between(l, cell.output(new.floats))
@@ -269,7 +135,7 @@ class Segment:
             if not cell.reversible:
                 raise ValueError(f"cell {self.model.cell_type!r} is not reversible")
             x = self._embed(t) if l == 0 else self._between(l - 1, cells[l - 1].output(carry.layers[l - 1].floats))
-            undo = StateUndoer(self, l, ls, mask)
+            undo = StateUndoer(self.stacks[l], ls, mask)
             ints = cell.reverse(x, ls.ints, undo, self.weight_leaves[l], self.dtype)
             prev[l] = LayerState(ints, tuple(from_fixed(p, self.dtype) for p in ints), undo.bx)
         return Carry(tuple(prev))

@@ -1,0 +1,52 @@
+"""Reversible truncated BPTT (MacKay et al. 2018): forward without a graph, backward by exact reconstruction."""
+from __future__ import annotations
+
+from revbench.core.cells import REVERSIBLE_CELLS
+from revbench.core.protocol import ChainResult, Method
+from revbench.core.state import same_ints
+
+
+class Reversible(Method):
+    """Forward over the chain without a graph, keeping only the final state and the buffers; then for
+    t = T-1 .. 0, rebuild the previous state exactly, re-run step t with autograd (its output layer and loss
+    included) and backpropagate it with the gradient arriving from step t+1.
+
+    ``verify=True`` checks that the reversal ended exactly at the start state with empty buffers.
+    """
+
+    name = "reversible"
+    keep_words = True
+    starts_from_end = True
+
+    def __init__(self, verify: bool = True):
+        self.verify = verify
+
+    @classmethod
+    def supports(cls, cell, kind="lm"):
+        if cell not in REVERSIBLE_CELLS:
+            return False, (f"method 'reversible' needs a reversible cell ({', '.join(REVERSIBLE_CELLS)}); cell "
+                           f"{cell!r} cannot be reversed: use 'bptt', 'checkpoint' or 'gruslys'")
+        return True, ""
+
+    def run_chain(self, chain, start, *, end=None, grad_end=None, grad_start=False):
+        if end is None:
+            end = start
+            for t in range(chain.T):
+                end, _ = chain.advance(t, end, grad=False)
+        carry, grads, total = end, grad_end, None
+        for t in range(chain.T - 1, -1, -1):
+            prev = chain.reverse(t, carry)
+            leaf = chain.leaf(prev)
+            nxt, loss = chain.advance(t, leaf, grad=True, known=carry)
+            chain.backward([loss], nxt, grads)
+            grads = leaf.grads()
+            total = loss.detach() if total is None else total + loss.detach()
+            carry = prev
+        if self.verify:
+            if not chain.buffers_empty(carry):
+                raise RuntimeError("reversal did not return the buffers to empty: the forward and reverse passes "
+                                   "differ")
+            if not same_ints(carry, start):
+                raise RuntimeError("reversal did not rebuild the start state exactly")
+        return ChainResult(loss=total, final=end, start_grads=grads if grad_start else None,
+                           stats={"stored_states_peak": 1})
