@@ -1,47 +1,50 @@
 """Reproduction drivers: the Table-1 grid on a tiny synthetic corpus, the repeat task, and their CLI."""
-import argparse
 import json
 
 import pandas as pd
 import pytest
 
-from revbench.cli import train as cmd_train
-from revbench.tasks.lm import reproduce as rp
+from revbench.tasks.cells import parse_limit
+from revbench.tasks.lm.grid import LMRun, drop_checkpoints, lm_grid, run_lm_grid
+from revbench.tasks.lm.records import lm_records
+from revbench.tasks.lm.report import lm_differences, lm_sections, write_lm_report
+from revbench.tasks.lm.tables import paper_table1, relative_table, table1
+from revbench.tasks.repeat.experiment import RepeatSettings, train_repeat
 from revbench.cli import main as cli_main
-from revbench.report.page import check_self_contained
+from revbench.report.html import check_self_contained
 
 LIMIT_COLUMNS = ["2 bit", "3 bit", "5 bit", "no limit"]
 
 
 def test_grid_priority_order():
-    runs = rp.lm_grid(["lstm", "revlstm", "gru", "revgru"], [3, 2, 5, None])
+    runs = lm_grid(["lstm", "revlstm", "gru", "revgru"], [3, 2, 5, None])
     names = [r.name for r in runs]
     assert names[:4] == ["ptb-lstm-L1", "ptb-revlstm-L1-k3", "ptb-gru-L1", "ptb-revgru-L1-k3"]
     assert len(names) == 10 and len(set(names)) == 10
     assert {r.method for r in runs if r.cell in ("gru", "lstm")} == {"bptt"}
     assert {r.method for r in runs if r.cell.startswith("rev")} == {"reversible"}
     with pytest.raises(ValueError, match="unknown cell"):
-        rp.lm_grid(["transformer"], [3])
-    assert rp.parse_limit("none") is None and rp.parse_limit("5") == 5
+        lm_grid(["transformer"], [3])
+    assert parse_limit("none") is None and parse_limit("5") == 5
     with pytest.raises(ValueError, match="forgetting limit"):
-        rp.parse_limit("11")
+        parse_limit("11")
 
 
 @pytest.fixture(scope="module")
 def tiny_grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm")
-    runs = rp.lm_grid(["gru", "revgru"], [3, None], datasets=("synthetic",))
+    runs = lm_grid(["gru", "revgru"], [3, None], datasets=("synthetic",))
     over = {"synthetic_tokens": 2000, "final_memory": True, "measure_memory": False, "checkpoint_every_minutes": None}
-    statuses = rp.run_lm_grid(runs, "tiny", out, over, say=lambda *a: None)
+    statuses = run_lm_grid(runs, "tiny", out, over, say=lambda *a: None)
     return out, runs, over, statuses
 
 
 def test_tiny_grid_table_shape(tiny_grid):
     out, runs, _, statuses = tiny_grid
     assert [s["status"] for s in statuses] == ["done"] * 3
-    recs = rp.lm_records(out)
+    recs = lm_records(out)
     assert len(recs) == 3
-    t = rp.table1(recs, "synthetic")
+    t = table1(recs, "synthetic")
     assert list(t.columns) == ["model"] + LIMIT_COLUMNS + ["baseline"]
     assert list(t["model"]) == ["1-layer RevGRU", "1-layer RevLSTM"]
     gru_row = t.iloc[0]
@@ -50,8 +53,8 @@ def test_tiny_grid_table_shape(tiny_grid):
     assert "x / " in gru_row["3 bit"] and gru_row["baseline"].startswith("GRU ")
     assert t.iloc[1]["3 bit"] == "not run"            # no RevLSTM in this grid
     # the paper's table has the same shape
-    assert list(rp.paper_table1().columns) == list(t.columns)
-    rel = rp.relative_table(recs)
+    assert list(paper_table1().columns) == list(t.columns)
+    rel = relative_table(recs)
     assert len(rel) == 2 and (rel["baseline"] == "1-layer GRU").all()
     assert (rel["valid_ppl_ratio"] == rel["valid_ppl"] / rel["baseline_valid_ppl"]).all()
     rev = [r for r in recs if r["cell"] == "revgru"]
@@ -62,11 +65,11 @@ def test_tiny_grid_table_shape(tiny_grid):
 
 def test_tiny_grid_report_files(tiny_grid, tmp_path):
     out, runs, _, statuses = tiny_grid
-    recs = rp.lm_records(out)
+    recs = lm_records(out)
     meta = {"command": "revbench reproduce lm --config tiny", "config_name": "tiny", "config": {"epochs": 1},
             "duration_min": 0.1, "environment": {"device_name": "cpu"}, "statuses": statuses,
-            "differences": rp.lm_differences(recs, {"emb_size": 16})}
-    paths = rp.write_lm_report(tmp_path, recs, meta)
+            "differences": lm_differences(recs, {"emb_size": 16})}
+    paths = write_lm_report(tmp_path, recs, meta)
     page = paths["html"].read_text()
     check_self_contained(page)
     assert "as recalled, unverified" in page and "data:image/png;base64," in page and "1-layer RevGRU" in page
@@ -74,36 +77,36 @@ def test_tiny_grid_report_files(tiny_grid, tmp_path):
     assert "revbench reproduce lm --config tiny" in readme and "Paper (Table 1" in readme
     assert len(pd.read_csv(paths["csv"])) == 3
     assert len(json.loads(paths["json"].read_text())) == 3
-    sections = rp.lm_sections(recs, meta)                      # usable as render_report extra_sections
+    sections = lm_sections(recs, meta)                      # usable as render_report extra_sections
     assert all(isinstance(t, str) and isinstance(h, str) for t, h in sections)
 
 
 def test_grid_is_resumable(tiny_grid):
     out, runs, over, _ = tiny_grid
     stamp = {r.name: (out / "runs" / r.name / "result.json").stat().st_mtime_ns for r in runs}
-    statuses = rp.run_lm_grid(runs, "tiny", out, over, say=lambda *a: None)
+    statuses = run_lm_grid(runs, "tiny", out, over, say=lambda *a: None)
     assert [s["status"] for s in statuses] == ["done (already)"] * 3
     assert stamp == {r.name: (out / "runs" / r.name / "result.json").stat().st_mtime_ns for r in runs}
 
 
 def test_drop_checkpoints_keeps_finished_runs_finished(tmp_path):
-    runs = [rp.LMRun("synthetic", "gru")]
+    runs = [LMRun("synthetic", "gru")]
     over = {"synthetic_tokens": 1500, "final_memory": False, "measure_memory": False}
-    rp.run_lm_grid(runs, "tiny", tmp_path, over, say=lambda *a: None)
+    run_lm_grid(runs, "tiny", tmp_path, over, say=lambda *a: None)
     d = tmp_path / "runs" / "synthetic-gru-L1"
     assert (d / "checkpoint.pt").exists() and (d / "best.pt").exists()
-    assert rp.drop_checkpoints(tmp_path, ["synthetic-gru-L1", "missing-run"]) == 2
+    assert drop_checkpoints(tmp_path, ["synthetic-gru-L1", "missing-run"]) == 2
     assert not (d / "checkpoint.pt").exists() and (d / "result.json").exists()
-    st = rp.run_lm_grid(runs, "tiny", tmp_path, over, say=lambda *a: None)
+    st = run_lm_grid(runs, "tiny", tmp_path, over, say=lambda *a: None)
     assert st[0]["status"] == "done (already)"
 
 
 def test_grid_retrains_stale_run(tmp_path):
-    runs = [rp.LMRun("synthetic", "gru")]
+    runs = [LMRun("synthetic", "gru")]
     over = {"synthetic_tokens": 1500, "final_memory": False, "measure_memory": False}
-    rp.run_lm_grid(runs, "tiny", tmp_path, over, say=lambda *a: None)
+    run_lm_grid(runs, "tiny", tmp_path, over, say=lambda *a: None)
     msgs = []
-    st = rp.run_lm_grid(runs, "tiny", tmp_path, {**over, "lr": 1.0}, say=msgs.append)
+    st = run_lm_grid(runs, "tiny", tmp_path, {**over, "lr": 1.0}, say=msgs.append)
     assert st[0]["status"] == "done" and any("another configuration" in m for m in msgs)
     assert json.loads((tmp_path / "runs" / "synthetic-gru-L1" / "result.json").read_text())["config"]["lr"] == 1.0
 
@@ -135,16 +138,16 @@ def test_repeat_command_tiny(tmp_path, capsys):
 
 def test_repeat_gru_learns():
     """An ordinary GRU learns to repeat the previous symbol (a check that the setup is learnable at all)."""
-    s = rp.RepeatSettings(symbols=4, hidden_size=16, emb_size=16, steps=150, eval_sequences=64)
-    row = rp.train_repeat("gru", 4, s)
+    s = RepeatSettings(symbols=4, hidden_size=16, emb_size=16, steps=150, eval_sequences=64)
+    row = train_repeat("gru", 4, s)
     assert row["accuracy"] > 0.9 > row["chance"]
 
 
 @pytest.mark.slow
 def test_repeat_no_forgetting_fails_on_long_sequences():
     """The paper's section-4 claim, on a small state: NF-RevGRU fails at length 40, buffered RevGRU does not."""
-    s = rp.RepeatSettings()
-    nf, buffered = rp.train_repeat("nf-revgru", 40, s), rp.train_repeat("revgru", 40, s)
+    s = RepeatSettings()
+    nf, buffered = train_repeat("nf-revgru", 40, s), train_repeat("revgru", 40, s)
     assert buffered["accuracy"] > 0.95
     assert nf["accuracy"] < 0.7
 
@@ -156,11 +159,10 @@ def test_repeat_bad_input(tmp_path, capsys):
     assert rc != 0 and "even" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------------------------- nmt dispatch
-def test_nmt_missing_module_is_reported(monkeypatch, capsys):
-    monkeypatch.setattr(cmd_train, "_nmt_module", lambda: None)
-    parser = argparse.ArgumentParser()
-    cmd_train.configure_nmt(parser, "train")
-    args = parser.parse_args(["--anything", "1"])
-    assert cmd_train.main_nmt(args, "train") != 0
+# --------------------------------------------------------------------------------------------- dispatch
+def test_missing_subcommand_module_is_reported(monkeypatch, capsys):
+    from revbench import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "nosuch", ("revbench.cli.nosuch", "a subcommand not in this checkout"))
+    assert cli_main(["nosuch"]) != 0
     assert "not available" in capsys.readouterr().err

@@ -76,8 +76,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from revbench.report.compare import compare
-    from revbench.report.page import atomic_write_text
     from revbench.report.results import BenchmarkFileError, load_benchmarks
+    from revbench.util.atomic import atomic_write_text
 
     try:
         base = load_benchmarks(args.base)

@@ -12,19 +12,30 @@ import shlex
 import sys
 from pathlib import Path
 
-from revbench.cli.train import forget_bits
-
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-
-
-def _forget_bits(text: str):
-    """``revbench train lm``'s parser of the limit, with 'none' as None (this CLI marks "not given" otherwise)."""
-    k = forget_bits(text)
-    return None if k == "none" else k
-
+from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, NMT_CORPORA, add_data_options, add_epochs,
+                                  add_grid_control, add_model_options, add_overrides, add_run_control, add_seed,
+                                  add_threads, command_line, given, model_overrides, say_quiet, table_fields)
 
 _UNSET = object()
+
+# flag -> (NMTConfig field, type or choices, help); --epochs and --seed come from revbench.cli.options
+NMT_OVERRIDES = {
+    "--hidden-size": ("hidden_size", int, "hidden units per layer"),
+    "--emb-size": ("emb_size", int, "embedding size"),
+    "--batch-size": ("batch_size", int, "sentence pairs per batch"),
+    "--layers": ("num_layers", int, "layers in the encoder and in the decoder"),
+    "--lr": ("lr", float, "SGD learning rate (default: the paper's rate for the cell)"),
+    "--dropout": ("dropout", float, "dropout rate"),
+    "--beam-size": ("beam_size", int, "beam size for test BLEU"),
+    "--length-penalty": ("length_penalty", float, "beam: rank by log-prob / length**alpha"),
+    "--min-freq": ("min_freq", int, "vocabulary: words seen at least this often"),
+    "--max-train": ("max_train", int, "use only the first N training pairs"),
+    "--save-every": ("save_every", int, "checkpoint every N steps (0: at epoch ends only)"),
+    "--loss-norm": ("loss_norm", ["sents", "tokens"],
+                    "divide the summed token loss by sentences (OpenNMT, default) or tokens"),
+    "--dtype": ("dtype", ["float32", "float64"], None),
+}
+FIELDS = {"epochs": "epochs", "seed": "seed", **table_fields(NMT_OVERRIDES)}   # argparse dest -> NMTConfig field
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -32,61 +43,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="named configuration (default: %(default)s): 'paper' = the paper's Multi30K setting "
                              "(H = emb = 300, 80 epochs), 'small' = CPU-sized (H = emb = 128, 3 epochs), "
                              "'tiny' = synthetic corpus, for smoke tests")
-    parser.add_argument("--data-dir", default=None,
-                        help="data folder holding multi30k/ (default: $REVBENCH_DATA)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (torch.set_num_threads); default: torch's choice")
-    for flag, typ, what in (("--epochs", int, "training epochs"), ("--hidden-size", int, "hidden units per layer"),
-                            ("--emb-size", int, "embedding size"), ("--batch-size", int, "sentence pairs per batch"),
-                            ("--layers", int, "layers in the encoder and in the decoder"),
-                            ("--lr", float, "SGD learning rate (default: the paper's rate for the cell)"),
-                            ("--dropout", float, "dropout rate"), ("--beam-size", int, "beam size for test BLEU"),
-                            ("--length-penalty", float, "beam: rank by log-prob / length**alpha"),
-                            ("--min-freq", int, "vocabulary: words seen at least this often"),
-                            ("--max-train", int, "use only the first N training pairs"),
-                            ("--save-every", int, "checkpoint every N steps (0: at epoch ends only)"),
-                            ("--seed", int, "random seed")):
-        parser.add_argument(flag, type=typ, default=_UNSET, help=what)
-    parser.add_argument("--loss-norm", choices=["sents", "tokens"], default=_UNSET,
-                        help="divide the summed token loss by sentences (OpenNMT, default) or tokens")
-    parser.add_argument("--dtype", choices=["float32", "float64"], default=_UNSET)
-
-
-_FIELD = {"epochs": "epochs", "hidden_size": "hidden_size", "emb_size": "emb_size", "batch_size": "batch_size",
-          "layers": "num_layers", "lr": "lr", "dropout": "dropout", "beam_size": "beam_size",
-          "length_penalty": "length_penalty", "min_freq": "min_freq", "max_train": "max_train",
-          "save_every": "save_every", "seed": "seed", "loss_norm": "loss_norm", "dtype": "dtype"}
-
-
-def _overrides(args, extra=()) -> dict:
-    out = {}
-    for a, f in list(_FIELD.items()) + list(extra):
-        v = getattr(args, a, _UNSET)
-        if v is not _UNSET:
-            out[f] = v
-    return out
+    add_threads(parser, None, "torch's choice")
+    add_epochs(parser, _UNSET)
+    add_seed(parser, _UNSET)
+    add_overrides(parser, NMT_OVERRIDES, _UNSET)
 
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
     """Arguments of `revbench train nmt`."""
-    parser.add_argument("--data", default=_UNSET, choices=["multi30k", "synthetic"],
-                        help="corpus (default: multi30k; synthetic for config tiny)")
-    parser.add_argument("--cell", default=_UNSET,
-                        choices=["revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm"],
-                        help="recurrent cell of encoder and decoder (default: revgru)")
+    add_data_options(parser, NMT_CORPORA, _UNSET, "multi30k; synthetic for config tiny", verify=False)
+    add_model_options(parser, _UNSET, "revgru, in the encoder and the decoder",
+                      method_choices=["reversible", "bptt", "checkpoint", "gruslys"],
+                      method_note="; checkpoint and gruslys recompute each side from stored states "
+                                  "(revbench.models.seq2seq)")
     parser.add_argument("--context", default=_UNSET,
                         help="attention context: 'h:D', 'emb', 'emb+h:D' (default emb+h:20) or 'all'")
-    parser.add_argument("--max-forget-bits", type=_forget_bits, default=_UNSET,
-                        help="forgetting limit k in bits per unit and step (1-10) or 'none' (default 3)")
-    parser.add_argument("--method", default=_UNSET, choices=["reversible", "bptt", "checkpoint", "gruslys"],
-                        help="training method (default: reversible for reversible cells, else bptt); checkpoint "
-                             "and gruslys recompute each side from stored states (revbench.models.seq2seq)")
-    parser.add_argument("--method-options", default=_UNSET,
-                        help="JSON object of the method's options, e.g. '{\"segments\": 4}' (checkpoint) or "
-                             "'{\"budget\": 0.1, \"policy\": \"mixed\"}' (gruslys)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, results, hypotheses)")
-    parser.add_argument("--resume", action="store_true", help="continue the run whose checkpoint is in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway without a TTY)")
+    add_run_control(parser, "checkpoint, results, hypotheses", resume=True, progress=True)
     _common(parser)
 
 
@@ -94,21 +66,18 @@ def main_train(args: argparse.Namespace) -> int:
     """`revbench train nmt`: train one model, print test BLEU; exit 0 on success."""
     import torch
 
-    from revbench.tasks.data import DataError
-    from revbench.tasks.nmt.train import CheckpointError, make_config, train
+    from revbench.tasks.datasets import DataError
+    from revbench.tasks.nmt.config import make_config
+    from revbench.tasks.nmt.train import CheckpointError, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    over = _overrides(args, (("data", "data"), ("cell", "cell"), ("context", "context"),
-                             ("max_forget_bits", "max_forget_bits"), ("method", "method")))
-    if getattr(args, "method_options", _UNSET) is not _UNSET:
-        from revbench.methods import parse_options
-
-        try:
-            over["method_options"] = parse_options(args.method_options)
-        except ValueError as exc:
-            print(f"revbench train nmt: error: {exc}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+    over = given(args, {**FIELDS, "data": "data", "context": "context"}, _UNSET)
+    try:
+        over.update(model_overrides(args, _UNSET))
+    except ValueError as exc:
+        print(f"revbench train nmt: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if "method" not in over and over.get("cell") in ("gru", "lstm"):
         over["method"] = "bptt"
     if over.get("cell") in ("gru", "lstm"):
@@ -117,7 +86,7 @@ def main_train(args: argparse.Namespace) -> int:
     try:
         cfg = make_config(args.config, **over)
         res = train(cfg, args.out, resume=args.resume, data_dir=args.data_dir,
-                    progress=False if args.no_progress else None)
+                    progress=False if args.no_progress or args.quiet else None, log=say_quiet(args.quiet))
     except (ValueError, FileNotFoundError, DataError, CheckpointError) as exc:
         print(f"revbench train nmt: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -128,16 +97,13 @@ def main_train(args: argparse.Namespace) -> int:
 
 def configure_reproduce(parser: argparse.ArgumentParser) -> None:
     """Arguments of `revbench reproduce nmt`."""
-    parser.add_argument("--out", type=Path, default=Path("reports/nmt"),
-                        help="output folder (default: %(default)s): runs/<point>/, grid.json, README.md, index.html")
+    add_data_options(parser, NMT_CORPORA, verify=False)
+    add_run_control(parser, "runs/<point>/, grid.json, README.md, index.html", default_out=Path("reports/nmt"))
     parser.add_argument("--points", default=None,
                         help="comma-separated grid points cell/context[/k] in the order to run, e.g. "
                              "'revgru/emb+h:20/3,gru/all' (default: the configuration's priority list)")
-    parser.add_argument("--budget-minutes", type=float, default=None,
-                        help="start no new grid point after this many minutes (finished points are kept)")
     parser.add_argument("--force", action="store_true", help="retrain points that already have results")
-    parser.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep each completed point's checkpoint.pt/best.pt (deleted by default)")
+    add_grid_control(parser, "grid point")
     _common(parser)
 
 
@@ -145,17 +111,19 @@ def main_reproduce(args: argparse.Namespace) -> int:
     """`revbench reproduce nmt`: run the Table 3 grid, write the report; exit 0 when every point completed."""
     import torch
 
-    from revbench.tasks.data import DataError
-    from revbench.tasks.nmt.train import CheckpointError, GridPoint, reproduce
+    from revbench.tasks.datasets import DataError
+    from revbench.tasks.nmt.grid import GridPoint, reproduce
+    from revbench.tasks.nmt.train import CheckpointError
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         points = None if not args.points else [GridPoint.parse(p) for p in args.points.split(",") if p.strip()]
-        command = getattr(args, "_command", None) or "revbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = getattr(args, "_command", None) or command_line()
         summary = reproduce(args.config, args.out, points=points, data_dir=args.data_dir,
-                            budget_minutes=args.budget_minutes, overrides=_overrides(args), force=args.force,
-                            command=command, keep_checkpoints=args.keep_checkpoints)
+                            budget_minutes=args.budget_minutes, overrides=given(args, FIELDS, _UNSET),
+                            force=args.force, command=command, keep_checkpoints=args.keep_checkpoints,
+                            log=say_quiet(args.quiet))
     except (ValueError, FileNotFoundError, DataError, CheckpointError) as exc:
         print(f"revbench reproduce nmt: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -163,11 +131,6 @@ def main_reproduce(args: argparse.Namespace) -> int:
     print(f"revbench reproduce nmt: {done} of {len(summary['points'])} grid points completed; "
           f"report in {args.out / 'README.md'} and {args.out / 'index.html'}")
     return 0 if done == len(summary["points"]) else EXIT_FAILED
-
-
-# the generic subcommand protocol, for a dispatcher that expects configure/main per kind
-configure = configure_train
-main = main_train
 
 
 def _standalone(argv=None) -> int:

@@ -5,29 +5,23 @@
   ``table1.html`` and ``README.md`` into ``--out`` (default ``reports/lm``).
 - ``repeat``: the repeat task of section 4, accuracy against sequence length per model; writes
   ``repeat.csv``, ``repeat.html`` and ``README.md`` into ``--out`` (default ``reports/repeat``).
-- ``nmt``: provided by ``revbench.cli.nmt`` (if present in this checkout).
+- ``nmt``: the NMT grid of Table 3, ``revbench.cli.nmt``'s ``configure_reproduce``/``main_reproduce``.
 """
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 from pathlib import Path
 
-from revbench.cli.train import EXIT_BAD_INPUT, EXIT_FAILED, configure_nmt, main_nmt
+from revbench.cli import nmt
+from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device,
+                                  add_epochs, add_grid_control, add_report_only, add_run_control, add_seed,
+                                  add_threads, command_line, say_quiet)
 
 
 def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _command() -> str:
-    return "revbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def _say_quiet(quiet):
-    return (lambda *a, **k: None) if quiet else (lambda *a, **k: print(*a, **k, flush=True))
 
 
 # ------------------------------------------------------------------------------------------- lm
@@ -36,54 +30,49 @@ def configure_lm(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--config", default="small", choices=list(CONFIGS),
                    help="named training config for every run (default: %(default)s)")
-    p.add_argument("--data", default="ptb", choices=["ptb", "wikitext-2", "synthetic"],
-                   help="corpus (default: %(default)s)")
+    add_data_options(p, LM_CORPORA, "ptb", "%(default)s")
     p.add_argument("--wikitext", action="store_true", help="also run the grid on WikiText-2 (after --data)")
-    p.add_argument("--data-dir", default=None, help="data folder holding ptb/ and wikitext-2/ (default: $REVBENCH_DATA)")
-    p.add_argument("--no-verify", action="store_true", help="skip the SHA256SUMS check")
     p.add_argument("--cells", default="lstm,revlstm,gru,revgru",
                    help="comma-separated cells, in priority order (default: %(default)s)")
     p.add_argument("--limits", default="3,2,5,none",
                    help="comma-separated forgetting limits for RevGRU/RevLSTM (ints or 'none'); the first is run "
                         "first for every cell (default: %(default)s)")
     p.add_argument("--layers", default="1", help="comma-separated depths (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
+    add_epochs(p)
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at the same time, as subprocesses (default: %(default)s: one after the other "
                         "in this process)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads per run (default: %(default)s, so runs can share cores)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the config's)")
-    p.add_argument("--budget-minutes", type=float, default=None,
-                   help="start no new run after this many minutes (finished runs are kept; rerun to continue)")
-    p.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report from finished runs")
-    p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep checkpoint.pt/best.pt of finished runs (deleted by default: result.json, log.jsonl "
-                        "and train.out stay, and a finished run is never retrained)")
-    p.add_argument("--out", type=Path, default=Path("reports/lm"), help="output folder (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="less output")
+    add_threads(p, 1, "%(default)s, so runs can share cores", per_run=True)
+    add_device(p)
+    add_grid_control(p, "run", ": result.json, log.jsonl and train.out stay, and a finished run is never retrained")
+    add_report_only(p, "finished runs")
+    add_run_control(p, default_out=Path("reports/lm"))
 
 
 def main_lm(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from revbench.tasks.lm import reproduce as rp
-    from revbench.tasks.data import DataError, resolve_data_dir
-    from revbench.measure.memory import environment_info
+    from revbench.tasks.cells import parse_limit
+    from revbench.tasks.datasets import DataError, resolve_data_dir
+    from revbench.tasks.lm.grid import drop_checkpoints, lm_grid, run_config, run_lm_grid
+    from revbench.tasks.lm.records import lm_records
+    from revbench.tasks.lm.report import lm_differences, write_lm_report
+    from revbench.tasks.lm.tables import table1
+    from revbench.measure.environment import environment_info
 
-    say = _say_quiet(args.quiet)
+    say = say_quiet(args.quiet)
     t0 = time.monotonic()
     try:
         cells = _csv(args.cells)
-        limits = [rp.parse_limit(k) for k in _csv(args.limits)]
+        limits = [parse_limit(k) for k in _csv(args.limits)]
         layers = [int(x) for x in _csv(args.layers)]
         if args.jobs < 1 or args.threads < 1:
             raise ValueError("--jobs and --threads must be >= 1")
         datasets = [args.data] + (["wikitext-2"] if args.wikitext and args.data != "wikitext-2" else [])
         if any(d != "synthetic" for d in datasets) and not args.report_only:
             resolve_data_dir(args.data_dir)
-        runs = rp.lm_grid(cells, limits, layers, datasets)
+        runs = lm_grid(cells, limits, layers, datasets)
         overrides = {"threads": args.threads, "verify": not args.no_verify}
         if args.data_dir:
             overrides["data_dir"] = str(Path(args.data_dir).resolve())
@@ -91,39 +80,39 @@ def main_lm(args) -> int:
             overrides["epochs"] = args.epochs
         if args.device:
             overrides["device"] = args.device
-        cfg0 = rp.run_config(runs[0], args.config, overrides)    # validates the overrides once
+        cfg0 = run_config(runs[0], args.config, overrides)    # validates the overrides once
         statuses = None
         if not args.report_only:
             say(f"revbench reproduce lm: {len(runs)} runs, config {args.config!r}, -> {args.out}/runs/")
-            statuses = rp.run_lm_grid(runs, args.config, args.out, overrides, jobs=args.jobs,
-                                      budget_minutes=args.budget_minutes, quiet=args.quiet, say=say)
+            statuses = run_lm_grid(runs, args.config, args.out, overrides, jobs=args.jobs,
+                                   budget_minutes=args.budget_minutes, quiet=args.quiet, say=say)
     except (ValueError, FileNotFoundError, DataError) as exc:
         print(f"revbench reproduce lm: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    records = rp.lm_records(args.out)
+    records = lm_records(args.out)
     names = {r.name for r in runs}
     records = [r for r in records if r["run"] in names]
     if not args.keep_checkpoints:
-        rp.drop_checkpoints(args.out, [r["run"] for r in records])
+        drop_checkpoints(args.out, [r["run"] for r in records])
     cfg_dict = {k: v for k, v in cfg0.to_dict().items() if k not in ("data_dir", "cell", "max_forget_bits", "method")}
-    meta = {"command": _command(), "config_name": args.config, "config": cfg_dict,
+    meta = {"command": command_line(), "config_name": args.config, "config": cfg_dict,
             "duration_min": (time.monotonic() - t0) / 60.0, "environment": environment_info(cfg0.device),
             "statuses": statuses or [{"run": r.name, "status": "done" if r.name in {x["run"] for x in records}
                                       else "not finished"} for r in runs],
-            "differences": rp.lm_differences(records, cfg_dict)}
-    paths = rp.write_lm_report(args.out, records, meta)
+            "differences": lm_differences(records, cfg_dict)}
+    paths = write_lm_report(args.out, records, meta)
     print(f"revbench reproduce lm: {len(records)} of {len(runs)} runs finished; table in {paths['html']}, "
           f"{paths['readme']}, {paths['csv']}")
     if records:
         for data in sorted({r["data"] for r in records}):
             print(f"\n{data}: valid ppl (actual saving x / ideal saving x):")
-            print(rp.table1(records, data).to_string(index=False))
+            print(table1(records, data).to_string(index=False))
     return 0 if len(records) == len(runs) else EXIT_FAILED
 
 
 # ------------------------------------------------------------------------------------------- repeat
 def configure_repeat(p: argparse.ArgumentParser) -> None:
-    from revbench.tasks.lm.reproduce import REPEAT_LENGTHS, REPEAT_MODELS, RepeatSettings
+    from revbench.tasks.repeat.experiment import REPEAT_LENGTHS, REPEAT_MODELS, RepeatSettings
 
     s = RepeatSettings()
     p.add_argument("--lengths", default=",".join(map(str, REPEAT_LENGTHS)),
@@ -138,12 +127,10 @@ def configure_repeat(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-forget-bits", default="3", help="limit of RevGRU/RevLSTM, int or 'none' (default: 3)")
     p.add_argument("--eval-sequences", type=int, default=s.eval_sequences,
                    help="test sequences per model (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=s.seed)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
-    p.add_argument("--report-only", action="store_true",
-                   help="train nothing: rebuild repeat.html/README.md/repeat.csv from repeat.json")
-    p.add_argument("--out", type=Path, default=Path("reports/repeat"), help="output folder (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true")
+    add_seed(p, s.seed)
+    add_threads(p, 1)
+    add_report_only(p, "repeat.json (repeat.html, README.md, repeat.csv)")
+    add_run_control(p, default_out=Path("reports/repeat"))
 
 
 def main_repeat(args) -> int:
@@ -153,18 +140,20 @@ def main_repeat(args) -> int:
     import torch
 
     matplotlib.use("Agg")
-    from revbench.tasks.lm import reproduce as rp
-    from revbench.measure.memory import environment_info
+    from revbench.tasks.cells import parse_limit
+    from revbench.tasks.repeat.experiment import RepeatSettings, run_repeat
+    from revbench.tasks.repeat.report import load_repeat, write_repeat_report
+    from revbench.measure.environment import environment_info
 
-    say = _say_quiet(args.quiet)
+    say = say_quiet(args.quiet)
     t0 = time.monotonic()
     if args.report_only:
         try:
-            rows, meta = rp.load_repeat(args.out)
+            rows, meta = load_repeat(args.out)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             print(f"revbench reproduce repeat: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        paths = rp.write_repeat_report(args.out, rows, meta)
+        paths = write_repeat_report(args.out, rows, meta)
         print(f"revbench reproduce repeat: report rebuilt from {len(rows)} runs: {paths['html']}")
         return 0
     try:
@@ -177,19 +166,19 @@ def main_repeat(args) -> int:
             raise ValueError("--symbols must be >= 2")
         if any(m.startswith(("rev", "nf-rev")) for m in models) and args.hidden_size % 2:
             raise ValueError("--hidden-size must be even for reversible cells (two halves)")
-        s = rp.RepeatSettings(symbols=args.symbols, hidden_size=args.hidden_size, emb_size=args.emb_size,
-                              batch_size=args.batch_size, steps=args.steps, lr=args.lr,
-                              eval_sequences=args.eval_sequences, max_forget_bits=rp.parse_limit(args.max_forget_bits),
-                              seed=args.seed)
+        s = RepeatSettings(symbols=args.symbols, hidden_size=args.hidden_size, emb_size=args.emb_size,
+                           batch_size=args.batch_size, steps=args.steps, lr=args.lr,
+                           eval_sequences=args.eval_sequences, max_forget_bits=parse_limit(args.max_forget_bits),
+                           seed=args.seed)
         torch.set_num_threads(args.threads)
         say(f"revbench reproduce repeat: models {', '.join(models)} x lengths {lengths} -> {args.out}")
-        rows = rp.run_repeat(lengths, models, s, args.out, say=say)
+        rows = run_repeat(lengths, models, s, args.out, say=say)
     except ValueError as exc:
         print(f"revbench reproduce repeat: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    meta = {"command": _command(), "settings": dataclasses.asdict(s), "duration_min": (time.monotonic() - t0) / 60,
+    meta = {"command": command_line(), "settings": dataclasses.asdict(s), "duration_min": (time.monotonic() - t0) / 60,
             "environment": environment_info("cpu")}
-    paths = rp.write_repeat_report(args.out, rows, meta)
+    paths = write_repeat_report(args.out, rows, meta)
     import pandas as pd
     wide = pd.DataFrame(rows).pivot_table(index="model", columns="seq_len", values="accuracy", sort=False)
     print(wide.round(3).to_string())
@@ -209,8 +198,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     configure_repeat(p)
     p.set_defaults(_task_main=main_repeat)
     p = sub.add_parser("nmt", help="the NMT grid (revbench.cli.nmt)")
-    configure_nmt(p, "reproduce")
-    p.set_defaults(_task_main=lambda a: main_nmt(a, "reproduce"))
+    nmt.configure_reproduce(p)
+    p.set_defaults(_task_main=nmt.main_reproduce)
     parser.set_defaults(_print_help=parser.print_help)
 
 

@@ -8,17 +8,21 @@ so a failed run never overwrites earlier results.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-EXIT_FAILED = 1
+from revbench.cli.options import EXIT_FAILED
+from revbench.util.atomic import replacing
+
+
+class RunFailed(Exception):
+    """The suite failed or wrote no usable results: the earlier results are kept."""
 
 
 def suites_dir() -> Path:
     """The suites/ folder: beside the installed revbench package (a source checkout) or in the current folder."""
-    for cand in (Path(__file__).resolve().parents[1] / "suites", Path.cwd() / "suites"):
+    for cand in (Path(__file__).resolve().parents[2] / "suites", Path.cwd() / "suites"):
         if (cand / "test_steps.py").exists():
             return cand
     raise FileNotFoundError("cannot find the benchmark suites (suites/test_steps.py): run revbench from a source "
@@ -42,34 +46,30 @@ def main(args: argparse.Namespace) -> int:
     out_dir: Path = args.out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     final_json, final_html = out_dir / "benchmarks.json", out_dir / "report.html"
-    tmp_json = out_dir / f".benchmarks.{os.getpid()}.json.tmp"
-    cmd = [sys.executable, "-m", "pytest", str(suites_dir()), f"--benchmark-json={tmp_json}",
-           f"--revbench-grid={args.grid}", "-v", "-rs", "-p", "no:cacheprovider", "--benchmark-columns=median,rounds",
-           "--benchmark-sort=name"]
-    if args.filter:
-        cmd.append(f"--revbench-filter={args.filter}")
-    cmd += shlex.split(args.pytest_args)
-    print(f"revbench run: grid {args.grid!r} -> {out_dir}/", flush=True)
-    print("  " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    rc = subprocess.call(cmd)
+    suites = suites_dir()
     try:
-        if rc != 0:
-            why = "no benchmark ran (check --filter)" if rc == 5 else f"pytest exited with status {rc}"
-            print(f"revbench run: failed: {why}; earlier results in {out_dir} were left untouched", file=sys.stderr)
-            return EXIT_FAILED
-        from revbench.report.results import BenchmarkFileError, load_benchmarks
-        try:
-            df = load_benchmarks(tmp_json)
-        except BenchmarkFileError as exc:
-            hint = f" (no case matched --filter {args.filter!r}?)" if args.filter else ""
-            print(f"revbench run: failed: the suite wrote no usable results{hint}: {exc}; earlier results in "
-                  f"{out_dir} were left untouched", file=sys.stderr)
-            return EXIT_FAILED
-        os.replace(tmp_json, final_json)
-        df.attrs["source"] = str(final_json)        # the report names the file it was built from, not the temp file
-    finally:
-        if tmp_json.exists():
-            tmp_json.unlink()
+        with replacing(final_json) as tmp_json:     # renamed onto benchmarks.json only if the block succeeds
+            cmd = [sys.executable, "-m", "pytest", str(suites), f"--benchmark-json={tmp_json}",
+                   f"--revbench-grid={args.grid}", "-v", "-rs", "-p", "no:cacheprovider",
+                   "--benchmark-columns=median,rounds", "--benchmark-sort=name"]
+            if args.filter:
+                cmd.append(f"--revbench-filter={args.filter}")
+            cmd += shlex.split(args.pytest_args)
+            print(f"revbench run: grid {args.grid!r} -> {out_dir}/", flush=True)
+            print("  " + " ".join(shlex.quote(c) for c in cmd), flush=True)
+            rc = subprocess.call(cmd)
+            if rc != 0:
+                raise RunFailed("no benchmark ran (check --filter)" if rc == 5 else f"pytest exited with status {rc}")
+            from revbench.report.results import BenchmarkFileError, load_benchmarks
+            try:
+                df = load_benchmarks(tmp_json)
+            except BenchmarkFileError as exc:
+                hint = f" (no case matched --filter {args.filter!r}?)" if args.filter else ""
+                raise RunFailed(f"the suite wrote no usable results{hint}: {exc}") from None
+    except RunFailed as exc:
+        print(f"revbench run: failed: {exc}; earlier results in {out_dir} were left untouched", file=sys.stderr)
+        return EXIT_FAILED
+    df.attrs["source"] = str(final_json)            # the report names the file it was built from, not the temp file
     print(f"\nbenchmark JSON: {final_json.resolve()}")
     if not args.no_report:
         import matplotlib

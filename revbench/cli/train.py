@@ -3,34 +3,21 @@
 ``revbench train lm`` trains a language model (``revbench.tasks.lm.training``) under a named config
 (``paper``, ``small``, ``tiny``; see ``revbench.tasks.lm.configs``) or a JSON config file, with any
 training method of ``revbench.methods``; ``--resume`` continues from ``OUT/checkpoint.pt``.
-``revbench train nmt`` is provided by ``revbench.cli.nmt`` (if installed in this checkout).
+``revbench train nmt`` is ``revbench.cli.nmt``'s ``configure_train``/``main_train``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
-import shlex
 import sys
 
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+from revbench.cli import nmt
+from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device,
+                                  add_epochs, add_model_options, add_overrides, add_run_control, add_seed,
+                                  add_threads, given, model_overrides, table_fields)
+
 _UNSET = None   # argparse default for "not given": the config's value is kept
 
-
-def forget_bits(text: str):
-    """argparse type: an int 1..10 or 'none' (no limit)."""
-    if text.strip().lower() in ("none", "nolimit", "no-limit"):
-        return "none"
-    try:
-        k = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int from 1 to 10 or 'none' (no limit), got {text!r}") from None
-    if not 1 <= k <= 10:
-        raise argparse.ArgumentTypeError(f"expected an int from 1 to 10 or 'none' (no limit), got {k}")
-    return k
-
-
-# flag -> (TrainConfig field, type, help)
+# flag -> (TrainConfig field, type, help); --epochs, --seed, --device and --threads come from revbench.cli.options
 LM_OVERRIDES = {
     "--layers": ("num_layers", int, "number of recurrent layers"),
     "--emb-size": ("emb_size", int, "embedding size (= last layer's size when tied)"),
@@ -39,7 +26,6 @@ LM_OVERRIDES = {
     "--eval-batch-size": ("eval_batch_size", int, "validation batch size"),
     "--test-batch-size": ("test_batch_size", int, "test batch size"),
     "--bptt": ("bptt", int, "mean segment length (AWD variable length around it)"),
-    "--epochs": ("epochs", int, "training epochs"),
     "--lr": ("lr", float, "SGD learning rate"),
     "--clip": ("clip", float, "gradient clipping (global norm)"),
     "--weight-decay": ("weight_decay", float, "SGD weight decay"),
@@ -48,14 +34,12 @@ LM_OVERRIDES = {
     "--dropout-h": ("dropout_h", float, "locked dropout between layers"),
     "--dropout-out": ("dropout_out", float, "locked dropout on the output"),
     "--weight-drop": ("weight_drop", float, "recurrent weight-drop (DropConnect)"),
-    "--seed": ("seed", int, "random seed"),
-    "--device": ("device", str, "cpu or cuda[:N]"),
-    "--threads": ("threads", int, "torch CPU threads (torch.set_num_threads)"),
     "--max-steps": ("max_steps", int, "stop (with a checkpoint) after this many training steps in total"),
     "--log-interval": ("log_interval", int, "steps between progress records"),
     "--checkpoint-every-steps": ("checkpoint_every_steps", int, "also checkpoint every N steps"),
     "--checkpoint-every-minutes": ("checkpoint_every_minutes", float, "also checkpoint every N minutes"),
 }
+RUN_FIELDS = {"epochs": "epochs", "seed": "seed", "device": "device", "threads": "threads"}   # dest -> field
 
 
 def configure_lm(p: argparse.ArgumentParser) -> None:
@@ -66,27 +50,19 @@ def configure_lm(p: argparse.ArgumentParser) -> None:
                         + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
     p.add_argument("--config-file", default=None,
                    help="JSON file of TrainConfig fields (as written by revbench reproduce); replaces --config")
-    p.add_argument("--data", default=_UNSET, choices=["ptb", "wikitext-2", "synthetic"],
-                   help="corpus (default: the config's, ptb for small/paper)")
-    p.add_argument("--data-dir", default=_UNSET, help="data folder holding ptb/ and wikitext-2/ (default: $REVBENCH_DATA)")
-    p.add_argument("--no-verify", action="store_true", help="skip the SHA256SUMS check (your own copy of the data)")
-    p.add_argument("--cell", default=_UNSET, choices=["revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm"],
-                   help="recurrent cell (default: the config's, revlstm)")
-    p.add_argument("--max-forget-bits", type=forget_bits, default=_UNSET,
-                   help="max bits forgotten per unit per step, 1..10 or 'none' (reversible cells; default 3)")
-    p.add_argument("--method", default=_UNSET,
-                   help="training method (revbench.methods: bptt, reversible, checkpoint, gruslys, bptt-fused; "
-                        "default: reversible for reversible cells, bptt otherwise)")
-    p.add_argument("--method-options", default=_UNSET, help="JSON object of the method's options, e.g. '{\"budget\": 0.1}'")
-    for flag, (_, typ, what) in LM_OVERRIDES.items():
-        p.add_argument(flag, type=typ, default=_UNSET, help=what)
+    add_data_options(p, LM_CORPORA, _UNSET, "the config's, ptb for small/paper")
+    add_model_options(p, _UNSET, "the config's, revlstm",
+                      method_note="; one of revbench.methods: bptt, reversible, checkpoint, gruslys, bptt-fused")
+    add_epochs(p, _UNSET)
+    add_seed(p, _UNSET)
+    add_device(p)
+    add_threads(p, _UNSET, "the config's")
+    add_overrides(p, LM_OVERRIDES, _UNSET)
     p.add_argument("--no-carry-state", action="store_true",
                    help="start every segment from a zero state instead of carrying it (no-forgetting cells, whose "
                         "additive state grows without bound on a continuous stream)")
     p.add_argument("--no-memory", action="store_true", help="do not meter a step per epoch, nor the final comparison")
-    p.add_argument("--out", required=True, help="output folder: checkpoint.pt, best.pt, log.jsonl, result.json")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    add_run_control(p, "checkpoint.pt, best.pt, log.jsonl, result.json", resume=True, progress=True)
 
 
 def lm_config_from_args(args):
@@ -95,27 +71,11 @@ def lm_config_from_args(args):
 
     from revbench.tasks.lm.configs import TrainConfig, get_config
 
-    over = {}
-    if args.data is not None:
-        over["data"] = args.data
-    if args.data_dir is not None:
-        over["data_dir"] = args.data_dir
+    over = given(args, {"data": "data", "data_dir": "data_dir"}, _UNSET)
     if args.no_verify:
         over["verify"] = False
-    if args.cell is not None:
-        over["cell"] = args.cell
-    if args.max_forget_bits is not None:
-        over["max_forget_bits"] = None if args.max_forget_bits == "none" else args.max_forget_bits
-    if args.method is not None:
-        over["method"] = args.method
-    if args.method_options is not None:
-        from revbench.methods import parse_options
-
-        over["method_options"] = parse_options(args.method_options)
-    for flag, (fld, _, _) in LM_OVERRIDES.items():
-        v = getattr(args, flag.lstrip("-").replace("-", "_"))
-        if v is not None:
-            over[fld] = v
+    over.update(model_overrides(args, _UNSET))
+    over.update(given(args, {**table_fields(LM_OVERRIDES), **RUN_FIELDS}, _UNSET))
     if args.no_carry_state:
         over["carry_state"] = False
     if args.no_memory:
@@ -136,16 +96,17 @@ def lm_config_from_args(args):
 
 
 def main_lm(args) -> int:
-    from revbench.tasks.data import DataError
+    from revbench.tasks.datasets import DataError
     from revbench.core.fixedpoint import FixedPointOverflowError
-    from revbench.tasks.lm.training import CheckpointMismatchError, OutputExistsError, train
+    from revbench.tasks.lm.checkpoints import CheckpointMismatchError, OutputExistsError
+    from revbench.tasks.lm.training import train
 
     try:
         cfg = lm_config_from_args(args)
         if cfg.data != "synthetic":
-            from revbench.tasks.data import resolve_data_dir
+            from revbench.tasks.datasets import resolve_data_dir
             resolve_data_dir(cfg.data_dir)          # a clear error before any work
-        res = train(cfg, args.out, resume=args.resume, quiet=args.quiet)
+        res = train(cfg, args.out, resume=args.resume, quiet=args.quiet, progress=False if args.no_progress else None)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, DataError, CheckpointMismatchError,
             OutputExistsError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -166,46 +127,6 @@ def main_lm(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------- nmt
-def _nmt_module():
-    try:
-        return importlib.import_module("revbench.cli.nmt")
-    except ModuleNotFoundError as exc:
-        if exc.name != "revbench.cli.nmt":
-            raise
-        return None
-
-
-def configure_nmt(p: argparse.ArgumentParser, kind: str) -> None:
-    """Delegate to revbench.cli.nmt's ``configure_<kind>`` (or ``configure``); note when it is missing."""
-    mod = _nmt_module()
-    fn = None if mod is None else (getattr(mod, f"configure_{kind}", None) or getattr(mod, "configure", None))
-    if fn is None:
-        # accept any arguments, so that the user gets "not available" rather than an argument error
-        def swallow(args=None, namespace=None):
-            ns = namespace if namespace is not None else argparse.Namespace()
-            ns._nmt_missing, ns.rest = True, list(args or [])
-            return ns, []
-
-        p.parse_known_args = swallow
-        return
-    fn(p)
-    p.set_defaults(_nmt_missing=False, _nmt_kind=kind)
-
-
-def main_nmt(args, kind: str) -> int:
-    mod = _nmt_module()
-    fn = None if mod is None or getattr(args, "_nmt_missing", False) else \
-        (getattr(mod, f"main_{kind}", None) or getattr(mod, "main", None))
-    if fn is None:
-        print(f"revbench {kind} nmt: not available in this checkout (module revbench.cli.nmt with "
-              f"configure_{kind}/main_{kind} is missing)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if not getattr(args, "_command", None):
-        args._command = "revbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return int(fn(args) or 0)
-
-
 # ------------------------------------------------------------------------------------------- protocol
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="task", metavar="TASK")
@@ -214,8 +135,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     configure_lm(p)
     p.set_defaults(_task_main=main_lm)
     p = sub.add_parser("nmt", help="train a translation model (revbench.cli.nmt)")
-    configure_nmt(p, "train")
-    p.set_defaults(_task_main=lambda a: main_nmt(a, "train"))
+    nmt.configure_train(p)
+    p.set_defaults(_task_main=nmt.main_train)
     parser.set_defaults(_print_help=parser.print_help)
 
 
