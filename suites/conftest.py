@@ -1,6 +1,6 @@
 """pytest-benchmark suites: `pytest suites/ --benchmark-json out.json [--revbench-grid default|frontier|paper|large]`.
 
-Each case is one method on one configuration; see revbench/grids.py. Language-model cases run in test_steps.py
+Each case is one method on one configuration; see revbench/measure/grids.py. Language-model cases run in test_steps.py
 (fixture ``case``), encoder-decoder cases in test_seq2seq_steps.py (fixture ``s2s_case``).
 """
 import pytest

@@ -8,7 +8,7 @@ random sentence pairs whose source lengths are spread evenly over [src_len / 2, 
 - ``kind`` = ``"seq2seq"``, ``context``, ``src_len``, ``tgt_len``; ``seq_len`` = src_len + tgt_len, the recurrent
   steps of one training step (the largest sentence lengths, padding included);
 - ``enc_held_bytes`` / ``dec_held_bytes``: the live bytes each side's forward pass leaves for its backward pass
-  (live-tensor meter read at the end of each forward pass; see ``revbench.tasks.nmt.train.measure_step_memory``);
+  (live-tensor meter read at the end of each forward pass; see ``revbench.tasks.nmt.step_memory.measure_step_memory``);
 - the paper-style figures per side (``enc_saving_actual``, ``dec_saving_ideal``, ...: ``BatchRun.stats``); the
   single-segment figures of a language-model record (``saving_actual``, ...) are null with a reason.
 """

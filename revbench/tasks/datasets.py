@@ -9,7 +9,7 @@ Data layout expected under the data root (see ``/work/shared/data/README.md``)::
 
     <root>/ptb/{ptb.train.txt, ptb.valid.txt, ptb.test.txt, SHA256SUMS}
     <root>/wikitext-2/{wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens, SHA256SUMS}
-    <root>/multi30k/{train,val,test2016}.{en,de} + SHA256SUMS      (see revbench.tasks.nmt.data)
+    <root>/multi30k/{train,val,test2016}.{en,de} + SHA256SUMS      (see revbench.tasks.nmt.corpus)
 
 ``verify=False`` skips the checksum check; use it only for your own copy of a dataset that has no
 ``SHA256SUMS`` (results on unverified data are not comparable with published numbers).

@@ -136,7 +136,7 @@ def write_grid_report(summary: dict, out_dir) -> None:
           "all hidden states, trained with BPTT.\n", _markdown(paper),
           "## Every completed point\n",
           "`ideal` savings divide by the information actually forgotten (sum of -log2 z) instead of the allocated "
-          "bits. `peak MiB`: live-tensor peak (revbench.measure.memory.LiveTensorMeter, parameter gradients allocated "
+          "bits. `peak MiB`: live-tensor peak (revbench.measure.live.LiveTensorMeter, parameter gradients allocated "
           "beforehand) of one training step of the trained model on one representative batch (the middle of the "
           "length-sorted training set), with every method: BPTT, checkpointing (Chen et al., sqrt(T) pieces per "
           "side), Gruslys et al.'s policy (5% slot budget per side) and the reversible method; `allocator saving` "

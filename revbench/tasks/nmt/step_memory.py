@@ -29,7 +29,7 @@ def representative_batch(pairs, batch_size: int):
 
 
 def measure_step_memory(model: Seq2Seq, batch, method: str, loss_norm: str = "sents", seed: int = 0) -> dict:
-    """Live-tensor peak of one training step (``revbench.measure.memory.LiveTensorMeter``): bytes of tensors created
+    """Live-tensor peak of one training step (``revbench.measure.live.LiveTensorMeter``): bytes of tensors created
     during the step and alive at once, with the parameter gradients allocated beforehand (so they are not
     counted). Returns ``live_peak_bytes``, its split and the step's paper-style stats. Gradients are cleared.
 
