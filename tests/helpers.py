@@ -1,6 +1,7 @@
 """Small builders shared by the tests (not fixtures of results: inputs only)."""
 import torch
 
+from revbench.core.cells import REVERSIBLE_CELLS
 from revbench.models.lm import RNNLM
 
 DROPOUT = dict(dropout_emb=0.1, dropout_in=0.2, dropout_h=0.2, dropout_out=0.3, weight_drop=0.3)
@@ -9,6 +10,7 @@ DROPOUT = dict(dropout_emb=0.1, dropout_in=0.2, dropout_h=0.2, dropout_out=0.3, 
 def make_model(cell, layers=1, k=3, vocab=40, emb=12, hidden=12, dtype=torch.float64, dropout=True, seed=1,
                init_range=None):
     torch.manual_seed(seed)
+    k = k if cell in REVERSIBLE_CELLS else None        # ordinary cells have no forgetting limit
     m = RNNLM(vocab, emb, hidden, layers, cell=cell, max_forget_bits=k, init_range=init_range,
               **(DROPOUT if dropout else {})).to(dtype)
     m.train(dropout)

@@ -109,8 +109,8 @@ def test_padding(cell, lengths):
     from revbench.models.lm import RNNLM
     torch.manual_seed(0)
     hidden = [12, 8] if cell == "revlstm" else [10, 8]
-    model = RNNLM(30, 8, hidden, 2, cell=cell, max_forget_bits=3, dropout_in=0.2, dropout_h=0.2,
-                  weight_drop=0.2).double()
+    model = RNNLM(30, 8, hidden, 2, cell=cell, max_forget_bits=3 if cell == "revlstm" else None, dropout_in=0.2,
+                  dropout_h=0.2, weight_drop=0.2).double()
     x, y = make_batch(15, 4, vocab=30)
     lengths = torch.tensor(lengths)
     ref, g_ref = run_method(methods.get("bptt"), model, x, y, lengths=lengths)

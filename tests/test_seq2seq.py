@@ -35,6 +35,7 @@ def padded_batch(seed=0):
 def make_model(cell="revgru", context="emb+h:3", layers=1, k=2, dropout=0.3, dtype=torch.float64, seed=1,
                hidden=12, emb=8):
     torch.manual_seed(seed)
+    k = k if cell.startswith(("rev", "nf-rev")) else None      # ordinary cells have no forgetting limit
     return Seq2Seq(SRC_V, TGT_V, emb, hidden, layers, cell=cell, max_forget_bits=k, context=context,
                    dropout=dropout, init_range=0.5).to(dtype)
 

@@ -29,6 +29,8 @@ from revbench.core.fixedpoint import from_fixed, limit_gate, quantise_gate, to_f
 
 CELL_TYPES = ("revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm")
 REVERSIBLE_CELLS = ("revgru", "revlstm", "nf-revgru", "nf-revlstm")
+DEFAULT_FORGET_BITS = 3
+DEFAULT = "default"         # max_forget_bits not given: 3 for reversible cells, none for ordinary ones
 
 
 class Cell(nn.Module):
@@ -265,5 +267,17 @@ def validate_max_forget_bits(k) -> int | None:
     return k
 
 
-__all__ = ["CELL_TYPES", "REVERSIBLE_CELLS", "Cell", "RevGRUCell", "RevLSTMCell", "GRUCell", "LSTMCell",
+def resolve_max_forget_bits(cell: str, k=DEFAULT) -> int | None:
+    """The forgetting limit a model of ``cell`` uses: ``DEFAULT`` (not given) is 3 for reversible cells and
+    none for ordinary ones; a reversible cell validates ``k``; an ordinary cell refuses a limit (it has no
+    information buffer to limit)."""
+    if cell in REVERSIBLE_CELLS:
+        return validate_max_forget_bits(DEFAULT_FORGET_BITS if k == DEFAULT else k)
+    if k is None or k == DEFAULT:
+        return None
+    raise ValueError(f"max_forget_bits={k!r} was given for cell {cell!r}, which has no information buffer (only "
+                     f"reversible cells limit forgetting); leave it out or pass None")
+
+
+__all__ = ["CELL_TYPES", "REVERSIBLE_CELLS", "DEFAULT", "resolve_max_forget_bits", "Cell", "RevGRUCell", "RevLSTMCell", "GRUCell", "LSTMCell",
            "make_cell", "validate_max_forget_bits", "to_fixed", "quantise_gate"]

@@ -25,6 +25,7 @@ class Chain(Protocol):
     T: int                          # number of steps
     counters: dict                  # "forward_steps", "reverse_steps": step evaluations so far
     varies_in_length: bool          # True where T changes from batch to batch (sentences): option bounds clamp
+    needs_final: bool               # the model reads state T afterwards (False: a method may free it early)
 
     def advance(self, t: int, carry, grad: bool = False, known=None):
         """Step t: state t -> (state t+1, the step's loss). With ``grad`` the step is recorded by autograd;
@@ -108,8 +109,9 @@ class Method:
     def run_chain(self, chain, start, *, end=None, grad_end=None, grad_start: bool = False) -> ChainResult:
         """Run ``chain`` forward and backward from state ``start``: gradients reach the parameters, plus
         ``grad_end`` (the gradient arriving at state T from later computation; None: nothing comes after).
-        ``end``: state T when the model already ran the forward pass. ``grad_start``: return the gradient
-        with respect to state 0 in ``ChainResult.start_grads``."""
+        ``end``: state T when the model already ran the forward pass (for a method that ``starts_from_end``,
+        ``start`` is then only what its reversal must rebuild, and may be None). ``grad_start``: return the
+        gradient with respect to state 0 in ``ChainResult.start_grads``."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

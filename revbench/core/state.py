@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from revbench.core.buffer import GATE_ONE, buffered_div, buffered_mul, empty_buffer, is_empty
-from revbench.core.fixedpoint import SCALE, check_state, from_fixed, quantise_gate, to_fixed
+from revbench.core.fixedpoint import (SCALE, FixedPointOverflowError, check_state, from_fixed, quantise_gate,
+                                      to_fixed)
 from revbench.core.functional import straight_through
 
 
@@ -45,6 +46,27 @@ class Carry:
             tensors = [*(layer.ints or ()), *layer.floats, *((layer.bx,) if layer.bx is not None else ())]
             n += sum(t.numel() * t.element_size() for t in tensors)
         return n
+
+
+FIXED_POINT_DTYPES = (torch.float32, torch.float64)
+
+
+def check_float_dtype(cells, dtype) -> None:
+    """Reversible cells compute their fixed-point updates from float32 or float64 values: refuse the others
+    (in bfloat16 or float16 the forward and the replayed step would round differently)."""
+    if any(c.reversible for c in cells) and dtype not in FIXED_POINT_DTYPES:
+        name = str(dtype).replace("torch.", "")
+        raise TypeError(f"the model is in {name}, but reversible cells need float32 or float64 (their exact "
+                        f"fixed-point state is computed from float values); use model.float() or model.double()")
+
+
+def check_lengths(name: str, lengths):
+    """``lengths`` as an integer tensor (a list or tensor of ints; floats, NaN and bools are refused)."""
+    t = torch.as_tensor(lengths)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise TypeError(f"{name} must be integers (a LongTensor or a list of ints), got dtype "
+                        f"{str(t.dtype).replace('torch.', '')}")
+    return t
 
 
 def start_carry(cells, state, batch: int, dtype, device) -> Carry:
@@ -126,6 +148,11 @@ class StateUpdater:
             if z is None:
                 new = self.ints[i] + add_int
             else:
+                if not bool(torch.isfinite(z).all()):
+                    raise FixedPointOverflowError(
+                        f"non-finite forget gate in the update of {self.parts[i]}: a NaN or infinite gate would be "
+                        f"quantised to maximal forgetting; the cell's pre-activations diverged (check the "
+                        f"learning rate, or non-finite weights)")
                 zq = quantise_gate(z)
                 bits = -torch.log2(z.detach().double())
                 if m is not None:

@@ -72,7 +72,8 @@ class Workload:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         self.model = RNNLM(cfg.vocab_size, cfg.emb_size, cfg.hidden_size, cfg.num_layers, cell=cfg.cell,
-                           max_forget_bits=cfg.max_forget_bits).to(device=cfg.device, dtype=dtype)
+                           max_forget_bits=cfg.max_forget_bits if cfg.reversible else None
+                           ).to(device=cfg.device, dtype=dtype)
         g = torch.Generator().manual_seed(cfg.seed + 1)
         shape = (cfg.seq_len, cfg.batch_size)
         self.inputs = torch.randint(0, cfg.vocab_size, shape, generator=g).to(cfg.device)

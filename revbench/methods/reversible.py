@@ -11,7 +11,8 @@ class Reversible(Method):
     t = T-1 .. 0, rebuild the previous state exactly, re-run step t with autograd (its output layer and loss
     included) and backpropagate it with the gradient arriving from step t+1.
 
-    ``verify=True`` checks that the reversal ended exactly at the start state with empty buffers.
+    ``verify=True`` checks that the reversal ended with empty buffers and, unless ``start`` is None (allowed
+    when ``end`` is given), at the integers of ``start``.
     """
 
     name = "reversible"
@@ -19,6 +20,8 @@ class Reversible(Method):
     starts_from_end = True
 
     def __init__(self, verify: bool = True):
+        if not isinstance(verify, bool):
+            raise ValueError(f"reversible: verify must be True or False, got {verify!r}")
         self.verify = verify
 
     @classmethod
@@ -33,7 +36,9 @@ class Reversible(Method):
             end = start
             for t in range(chain.T):
                 end, _ = chain.advance(t, end, grad=False)
-        carry, grads, total = end, grad_end, None
+        # hold the end state only if the model reads it afterwards (a language model's next segment)
+        final = end if chain.needs_final else None
+        carry, grads, total, end = end, grad_end, None, None
         for t in range(chain.T - 1, -1, -1):
             prev = chain.reverse(t, carry)
             leaf = chain.leaf(prev)
@@ -46,7 +51,7 @@ class Reversible(Method):
             if not chain.buffers_empty(carry):
                 raise RuntimeError("reversal did not return the buffers to empty: the forward and reverse passes "
                                    "differ")
-            if not same_ints(carry, start):
+            if start is not None and not same_ints(carry, start):
                 raise RuntimeError("reversal did not rebuild the start state exactly")
-        return ChainResult(loss=total, final=end, start_grads=grads if grad_start else None,
+        return ChainResult(loss=total, final=final, start_grads=grads if grad_start else None,
                            stats={"stored_states_peak": 1})

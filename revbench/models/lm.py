@@ -13,10 +13,14 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from revbench.core.cells import CELL_TYPES, REVERSIBLE_CELLS, make_cell, validate_max_forget_bits
+from revbench.core.cells import CELL_TYPES, DEFAULT, make_cell, resolve_max_forget_bits
 from revbench.core.fixedpoint import to_fixed
 from revbench.core.protocol import StepOutput
 from revbench.models.segment import Segment
+
+
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _locked_mask(shape, p, like: torch.Tensor) -> torch.Tensor | None:
@@ -45,26 +49,32 @@ class RNNLM(nn.Module):
     kind = "lm"
 
     def __init__(self, vocab_size: int, emb_size: int, hidden_size, num_layers: int = 1, cell: str = "revlstm",
-                 max_forget_bits: int | None = 3, dropout_emb: float = 0.0, dropout_in: float = 0.0,
+                 max_forget_bits: int | None | str = DEFAULT, dropout_emb: float = 0.0, dropout_in: float = 0.0,
                  dropout_h: float = 0.0, dropout_out: float = 0.0, weight_drop: float = 0.0,
                  tie_weights: bool = True, init_range: float | None = None):
         super().__init__()
         if cell not in CELL_TYPES:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELL_TYPES)}")
-        if not isinstance(num_layers, int) or num_layers < 1:
+        if not _positive_int(num_layers):
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        sizes = [hidden_size] * num_layers if isinstance(hidden_size, int) else list(hidden_size)
+        if isinstance(hidden_size, (list, tuple)):
+            sizes = list(hidden_size)
+        elif _positive_int(hidden_size):
+            sizes = [hidden_size] * num_layers
+        else:
+            raise ValueError(f"hidden_size must be a positive int or a list of them (one per layer), got "
+                             f"{hidden_size!r}")
         if len(sizes) != num_layers:
             raise ValueError(f"hidden_size lists {len(sizes)} sizes but num_layers is {num_layers}")
         for name, v in (("vocab_size", vocab_size), ("emb_size", emb_size), *(("hidden_size", s) for s in sizes)):
-            if not isinstance(v, int) or v < 1:
+            if not _positive_int(v):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name, p in (("dropout_emb", dropout_emb), ("dropout_in", dropout_in), ("dropout_h", dropout_h),
                         ("dropout_out", dropout_out), ("weight_drop", weight_drop)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
         self.cell_type = cell
-        self.max_forget_bits = validate_max_forget_bits(max_forget_bits) if cell in REVERSIBLE_CELLS else max_forget_bits
+        self.max_forget_bits = resolve_max_forget_bits(cell, max_forget_bits)
         self.vocab_size, self.emb_size, self.hidden_sizes, self.num_layers = vocab_size, emb_size, sizes, num_layers
         self.dropout_emb, self.dropout_in, self.dropout_h = dropout_emb, dropout_in, dropout_h
         self.dropout_out, self.weight_drop = dropout_out, weight_drop
@@ -97,7 +107,7 @@ class RNNLM(nn.Module):
 
     def init_state(self, batch_size: int, device=None) -> list[tuple[torch.Tensor, ...]]:
         """Zero state: per layer a tuple of tensors (int64 fixed point for reversible cells, float otherwise)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not _positive_int(batch_size):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         device = device or self.encoder.weight.device
         state = []
@@ -151,4 +161,5 @@ class RNNLM(nn.Module):
         stats = seg.stats()
         stats.update(res.stats)
         stats["method"] = method.name
+        stats["finite"] = bool(torch.isfinite(res.loss))     # False: the loss is NaN/inf (training diverged)
         return StepOutput(loss=res.loss.detach(), state=seg.final_state(res.final), stats=stats)

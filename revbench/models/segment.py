@@ -24,19 +24,21 @@ from revbench.core.buffer import WordStack
 from revbench.core.fixedpoint import from_fixed
 from revbench.core.functional import IGNORE, embedding_into, linear_into
 from revbench.core.state import (Carry, LayerState, StateUndoer, StateUpdater, buffer_bits_allocated, buffers_empty,
-                                 col, leaf_carry, start_carry)
+                                 check_float_dtype, check_lengths, col, leaf_carry, start_carry)
 
 
 class Segment:
     """See the module docstring. ``inputs``/``targets``: LongTensor (T, B); ``lengths``: optional (B,) valid steps."""
 
     varies_in_length = False      # a language model's segments have the length the caller chose
+    needs_final = True            # the final state starts the next segment
 
     def __init__(self, model, inputs, targets, lengths=None, keep_words: bool = False):
         self.model = model
         self.inputs, self.targets, self.lengths = _validate_segment(model, inputs, targets, lengths)
         self.T, self.B = self.inputs.shape
         self.dtype = model.float_dtype()
+        check_float_dtype(model.cells, self.dtype)
         self.device = model.encoder.weight.device
         self.masks = model.sample_masks(self.B)
         self.keep_words = keep_words
@@ -215,7 +217,7 @@ def _validate_segment(model, inputs, targets, lengths):
         raise ValueError(f"target token ids must be in [0, {V}), got range [{int(targets.min())}, {int(targets.max())}]")
     dev = model.encoder.weight.device
     if lengths is not None:
-        lengths = torch.as_tensor(lengths)
+        lengths = check_lengths("lengths", lengths)
         if lengths.dim() != 1 or lengths.shape[0] != inputs.shape[1]:
             raise ValueError(f"lengths must have shape ({inputs.shape[1]},) (one per batch element), "
                              f"got {tuple(lengths.shape)}")
@@ -235,6 +237,12 @@ def _validate_state(model, state, batch_size):
         if not isinstance(parts, (list, tuple)) or len(parts) != len(shapes):
             raise ValueError(f"state of layer {l} must be a tuple of {len(shapes)} tensors {c.parts}")
         for name, p, shape in zip(c.parts, parts, shapes):
+            if not isinstance(p, torch.Tensor):
+                raise TypeError(f"state {name} of layer {l} is {'None' if p is None else type(p).__name__}, not a "
+                                f"tensor; start from model.init_state(batch_size) or a previous step's out.state")
+            if p.device != model.encoder.weight.device:
+                raise ValueError(f"state {name} of layer {l} is on device {p.device}, but the model is on "
+                                 f"{model.encoder.weight.device}; move the state with .to(device)")
             if p.dim() != 2 or p.shape[1] != shape[1]:
                 raise ValueError(f"state {name} of layer {l} has shape {tuple(p.shape)}, expected {shape}")
             if p.shape[0] != batch_size:

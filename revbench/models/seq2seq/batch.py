@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from revbench.core.functional import IGNORE, embedding_into, linear_into
+from revbench.core.state import check_float_dtype, check_lengths
 from revbench.models.seq2seq.side import Side
 
 
@@ -26,7 +27,7 @@ def _validate_batch(model, src, src_lengths, tgt_in, tgt_out, tgt_lengths):
             raise ValueError(f"{name} token ids must be in [0, {V}), got range [{int(t.min())}, {int(t.max())}]")
     out = []
     for name, lens, T in (("src_lengths", src_lengths, src.shape[0]), ("tgt_lengths", tgt_lengths, tgt_in.shape[0])):
-        lens = torch.as_tensor(lens)
+        lens = check_lengths(name, lens)
         if lens.dim() != 1 or lens.shape[0] != B:
             raise ValueError(f"{name} must have shape ({B},), got {tuple(lens.shape)}")
         if int(lens.min()) < 1 or int(lens.max()) > T:
@@ -52,6 +53,7 @@ class BatchRun:
         self.S, self.B = self.src.shape
         self.T = self.tgt_in.shape[0]
         self.dtype = model.float_dtype()
+        check_float_dtype(model.enc_cells, self.dtype)
         self.masks = model.sample_masks(self.B)
         self.src_mask = torch.arange(self.S, device=dev).unsqueeze(1) < src_lengths.unsqueeze(0)   # (S, B)
         self.tgt_mask = torch.arange(self.T, device=dev).unsqueeze(1) < tgt_lengths.unsqueeze(0)   # (T, B)

@@ -35,6 +35,7 @@ class SideChain:
     the chain first reaches state T (after that step's loss, so what is held then includes its graph)."""
 
     varies_in_length = True          # sentences: a side's T changes from batch to batch
+    needs_final = False              # nothing reads a side's final state after its run
 
     def __init__(self, side, T: int, step_loss, on_end=None):
         self.side, self.T, self.step_loss, self.on_end = side, T, step_loss, on_end

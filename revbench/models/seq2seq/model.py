@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from revbench.core.cells import CELL_TYPES, REVERSIBLE_CELLS, make_cell, validate_max_forget_bits
+from revbench.core.cells import CELL_TYPES, DEFAULT, REVERSIBLE_CELLS, make_cell, resolve_max_forget_bits
 from revbench.core.protocol import StepOutput
 from revbench.models.seq2seq.step import run_step
 
@@ -111,7 +111,7 @@ class Seq2Seq(nn.Module):
     kind = "seq2seq"
 
     def __init__(self, src_vocab: int, tgt_vocab: int, emb_size: int = 300, hidden_size: int = 300,
-                 num_layers: int = 1, cell: str = "revgru", max_forget_bits: int | None = 3,
+                 num_layers: int = 1, cell: str = "revgru", max_forget_bits: int | None | str = DEFAULT,
                  context="emb+h:20", dropout: float = 0.0, init_range: float = 0.1):
         super().__init__()
         if cell not in CELL_TYPES:
@@ -134,7 +134,7 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"context {self.context}: the slice ({self.context.slice_dim} units) must fit in the top "
                              f"layer's {'first half h1' if reversible else 'state'} ({limit} units)")
         self.cell_type = cell
-        self.max_forget_bits = validate_max_forget_bits(max_forget_bits) if reversible else None
+        self.max_forget_bits = resolve_max_forget_bits(cell, max_forget_bits)
         self.src_vocab, self.tgt_vocab = src_vocab, tgt_vocab
         self.emb_size, self.hidden_size, self.num_layers = emb_size, hidden_size, num_layers
         self.dropout, self.init_range = dropout, init_range

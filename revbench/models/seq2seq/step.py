@@ -11,7 +11,9 @@
   3. the encoder's chain, driven by that gradient at its final state and, per step, by the gradient of its
      stored context units (a ``Pull``).
   A method that ``starts_from_end`` (reversible) gets the decoder's forward pass run first too, and both
-  chains' end states; its context leaf is built only when the decoder's backward begins.
+  chains' end states; its context leaf is built only when the decoder's backward begins. Its ``start`` is only
+  what its reversal must rebuild (the encoder's final integers for the decoder, nothing held for the encoder),
+  so no state is kept beyond what the method itself needs.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ def run_step(model, method, batch, normalize: str = "tokens", on_phase=None) -> 
     stats["loss_divisor"] = run.divisor
     stats.update(extra)
     stats["method"] = method.name
+    stats["finite"] = bool(torch.isfinite(loss))             # False: the loss is NaN/inf (training diverged)
     return StepOutput(loss=loss.detach(), state=None, stats=stats)
 
 
@@ -82,6 +85,8 @@ def chained_step(method, run: BatchRun):
     collect = D > 0 and slices is None
     enc0 = run.enc.start(m.init_state(run.B))
     enc_end, stored = enc0, []
+    if method.starts_from_end:
+        enc0 = None                                 # the reversal rebuilds state 0 itself: nothing to hold
     for s in range(run.S):                          # 1. the encoder's forward pass, no graph
         enc_end, out = run.enc.advance(s, enc_end, grad=False)
         if collect:
@@ -92,22 +97,25 @@ def chained_step(method, run: BatchRun):
             return from_fixed(slices.data.to(torch.int64), run.dtype).requires_grad_()
         return torch.stack(stored).requires_grad_() if D else None
 
-    dec0 = run.dec.start_from(enc_end)
     if method.starts_from_end:
         run.phase("encoded")
-        dec_end = dec0
+        dec_end = run.dec.start_from(enc_end)
         for t in range(run.T):
             dec_end, _ = run.dec.advance(t, dec_end, grad=False)
         run.phase("decoded")
+        dec_end = [dec_end]       # handed over below, not kept here: the method frees it when it can
         hidden, on_end = context_leaf(), None
         stored = None
+        dec_start = enc_end       # what the decoder's reversal must rebuild: the encoder's final integers
     else:
-        hidden, dec_end = context_leaf(), None
+        hidden, dec_end = context_leaf(), [None]
         stored = None
         run.phase("encoded")
+        dec_start = run.dec.start_from(enc_end)
         on_end = lambda: run.phase("decoded")      # noqa: E731  (the plan's first arrival at state T)
     dec = SideChain(run.dec, run.T, lambda t, top: run.step_loss(t, top, run.context(hidden)), on_end=on_end)
-    dec_res = method.run_chain(dec, dec0, end=dec_end, grad_start=True)       # 2. the decoder
+    dec_res = method.run_chain(dec, dec_start, end=dec_end.pop(), grad_start=True)  # 2. the decoder
+    dec_res.final = dec_start = None                # nothing after the decoder reads its states
     hidden_grad = None if hidden is None else hidden.grad
     hidden = None                                   # the decoder is done with the context
     zero = torch.zeros((), dtype=run.dtype, device=m.device)

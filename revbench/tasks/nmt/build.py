@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from revbench.core.cells import REVERSIBLE_CELLS
 from revbench.models.seq2seq import Seq2Seq
 from revbench.tasks.nmt.batches import length_batches
 from revbench.tasks.nmt.config import NMTConfig
@@ -18,7 +19,7 @@ def load_corpus(config: NMTConfig, data_dir=None) -> ParallelCorpus:
 
 def build_model(config: NMTConfig, corpus: ParallelCorpus) -> Seq2Seq:
     model = Seq2Seq(len(corpus.src_vocab), len(corpus.tgt_vocab), config.emb_size, config.hidden_size,
-                    config.num_layers, cell=config.cell, max_forget_bits=config.max_forget_bits,
+                    config.num_layers, cell=config.cell, max_forget_bits=config.max_forget_bits if config.cell in REVERSIBLE_CELLS else None,
                     context=config.context, dropout=config.dropout, init_range=config.init_range)
     return model.to(getattr(torch, config.dtype))
 
