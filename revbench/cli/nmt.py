@@ -14,7 +14,8 @@ from pathlib import Path
 
 from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, NMT_CORPORA, add_data_options, add_epochs,
                                   add_grid_control, add_model_options, add_overrides, add_run_control, add_seed,
-                                  add_threads, command_line, given, model_overrides, say_quiet, table_fields)
+                                  add_threads, command_line, count_int, finite_float, given, model_overrides,
+                                  say_quiet, table_fields)
 
 _UNSET = object()
 
@@ -27,10 +28,10 @@ NMT_OVERRIDES = {
     "--lr": ("lr", float, "SGD learning rate (default: the paper's rate for the cell)"),
     "--dropout": ("dropout", float, "dropout rate"),
     "--beam-size": ("beam_size", int, "beam size for test BLEU"),
-    "--length-penalty": ("length_penalty", float, "beam: rank by log-prob / length**alpha"),
+    "--length-penalty": ("length_penalty", finite_float, "beam: rank by log-prob / length**alpha"),
     "--min-freq": ("min_freq", int, "vocabulary: words seen at least this often"),
     "--max-train": ("max_train", int, "use only the first N training pairs"),
-    "--save-every": ("save_every", int, "checkpoint every N steps (0: at epoch ends only)"),
+    "--save-every": ("save_every", count_int, "checkpoint every N steps (0: at epoch ends only)"),
     "--loss-norm": ("loss_norm", ["sents", "tokens"],
                     "divide the summed token loss by sentences (OpenNMT, default) or tokens"),
     "--dtype": ("dtype", ["float32", "float64"], None),
@@ -51,7 +52,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
     """Arguments of `revbench train nmt`."""
-    add_data_options(parser, NMT_CORPORA, _UNSET, "multi30k; synthetic for config tiny", verify=False)
+    add_data_options(parser, NMT_CORPORA, _UNSET, "multi30k; synthetic for config tiny")
     add_model_options(parser, _UNSET, "revgru, in the encoder and the decoder",
                       method_choices=["reversible", "bptt", "checkpoint", "gruslys"],
                       method_note="; checkpoint and gruslys recompute each side from stored states "
@@ -66,6 +67,7 @@ def main_train(args: argparse.Namespace) -> int:
     """`revbench train nmt`: train one model, print test BLEU; exit 0 on success."""
     import torch
 
+    from revbench.core.fixedpoint import FixedPointOverflowError
     from revbench.tasks.datasets import DataError
     from revbench.tasks.nmt.config import make_config
     from revbench.tasks.nmt.train import CheckpointError, train
@@ -85,11 +87,18 @@ def main_train(args: argparse.Namespace) -> int:
         over.setdefault("context", "all")
     try:
         cfg = make_config(args.config, **over)
-        res = train(cfg, args.out, resume=args.resume, data_dir=args.data_dir,
+        res = train(cfg, args.out, resume=args.resume, data_dir=args.data_dir, verify=not args.no_verify,
                     progress=False if args.no_progress or args.quiet else None, log=say_quiet(args.quiet))
     except (ValueError, FileNotFoundError, DataError, CheckpointError) as exc:
         print(f"revbench train nmt: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (FloatingPointError, FixedPointOverflowError) as exc:
+        print(f"revbench train nmt: training diverged: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\nrevbench train nmt: interrupted; continue with the same command and --resume "
+              f"(from the last checkpoint in {args.out})", file=sys.stderr)
+        return 130
     print(f"revbench train nmt: done: test BLEU greedy {res['test_bleu_greedy']:.2f}, beam {cfg.beam_size} "
           f"{res['test_bleu_beam']:.2f}; results in {args.out / 'results.json'}")
     return 0

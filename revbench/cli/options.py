@@ -9,6 +9,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from revbench.tasks import run_options
+
 EXIT_FAILED = 1         # the work ran and failed (training diverged, a grid left unfinished)
 EXIT_BAD_INPUT = 2      # bad arguments, config or data: nothing was trained
 
@@ -28,6 +30,31 @@ def forget_bits(text: str):
     if not 1 <= k <= 10:
         raise argparse.ArgumentTypeError(f"expected an int from 1 to 10 or 'none' (no limit), got {k}")
     return k
+
+
+def _checked(check, parse=int, what: str = "an int"):
+    """An argparse type: ``parse`` the text, then ``check`` it (a ``revbench.tasks.run_options`` check); argparse
+    names the option in its error."""
+    def typ(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        try:
+            return check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    typ.__name__ = getattr(check, "__name__", "value")
+    return typ
+
+
+seed_int = _checked(lambda v: run_options.check_seed(v, "a seed"), what=f"an int from 0 to {run_options.SEED_MAX}")
+positive_int = _checked(lambda v: run_options.check_count(v, "the value", allow_none=False, minimum=1),
+                        what="an int >= 1")
+count_int = _checked(lambda v: run_options.check_count(v, "the value", allow_none=False), what="an int >= 0")
+non_negative_float = _checked(lambda v: run_options.check_real(v, "the value", minimum=0), float, "a number >= 0")
+finite_float = _checked(lambda v: run_options.check_real(v, "the value"), float, "a finite number")
+device_name = _checked(lambda v: run_options.check_device(v, "the device"), str, "a device")
 
 
 def command_line() -> str:
@@ -106,18 +133,19 @@ def model_overrides(args, unset) -> dict:
 
 def add_threads(p: argparse.ArgumentParser, default=None, default_help: str = "%(default)s",
                 per_run: bool = False) -> None:
-    p.add_argument("--threads", type=int, default=default,
+    p.add_argument("--threads", type=positive_int, default=default,
                    help=f"torch CPU threads{' per run' if per_run else ''} (torch.set_num_threads; "
                         f"default: {default_help})")
 
 
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cpu or cuda[:N] (default: the config's)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu or cuda[:N] (default: the config's)")
 
 
 def add_seed(p: argparse.ArgumentParser, default=None) -> None:
-    p.add_argument("--seed", type=int, default=default,
-                   help="random seed" + (" (default: %(default)s)" if isinstance(default, int) else ""))
+    p.add_argument("--seed", type=seed_int, default=default,
+                   help=f"random seed, 0..{run_options.SEED_MAX}" + (" (default: %(default)s)" if isinstance(default, int)
+                                                                     else ""))
 
 
 def add_epochs(p: argparse.ArgumentParser, default=None) -> None:

@@ -13,7 +13,8 @@ import sys
 from revbench.cli import nmt
 from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device,
                                   add_epochs, add_model_options, add_overrides, add_run_control, add_seed,
-                                  add_threads, given, model_overrides, table_fields)
+                                  add_threads, count_int, given, model_overrides, non_negative_float,
+                                  table_fields)
 
 _UNSET = None   # argparse default for "not given": the config's value is kept
 
@@ -36,8 +37,9 @@ LM_OVERRIDES = {
     "--weight-drop": ("weight_drop", float, "recurrent weight-drop (DropConnect)"),
     "--max-steps": ("max_steps", int, "stop (with a checkpoint) after this many training steps in total"),
     "--log-interval": ("log_interval", int, "steps between progress records"),
-    "--checkpoint-every-steps": ("checkpoint_every_steps", int, "also checkpoint every N steps"),
-    "--checkpoint-every-minutes": ("checkpoint_every_minutes", float, "also checkpoint every N minutes"),
+    "--checkpoint-every-steps": ("checkpoint_every_steps", count_int, "also checkpoint every N steps (0: off)"),
+    "--checkpoint-every-minutes": ("checkpoint_every_minutes", non_negative_float,
+                                   "also checkpoint every N minutes"),
 }
 RUN_FIELDS = {"epochs": "epochs", "seed": "seed", "device": "device", "threads": "threads"}   # dest -> field
 
@@ -89,9 +91,17 @@ def lm_config_from_args(args):
                 base = json.load(fh)
         except FileNotFoundError:
             raise FileNotFoundError(f"config file {args.config_file!r} does not exist") from None
-        except ValueError as exc:
+        except ValueError as exc:           # bad JSON, or bytes that are not UTF-8
             raise ValueError(f"config file {args.config_file!r} is not valid JSON: {exc}") from None
-        return TrainConfig.from_dict({**base, **over}).validate()
+        except OSError as exc:              # a folder, no permission, ...
+            raise ValueError(f"config file {args.config_file!r} cannot be read: {exc.strerror or exc}") from None
+        if not isinstance(base, dict):
+            raise ValueError(f"config file {args.config_file!r} holds a JSON {type(base).__name__}, not an object "
+                             "of TrainConfig fields")
+        try:
+            return TrainConfig.from_dict({**base, **over}).validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"config file {args.config_file!r}: {exc}") from None
     return get_config(args.config, **over)
 
 

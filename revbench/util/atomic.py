@@ -1,18 +1,23 @@
 """Write a file so that a failure never leaves it half-written or replaces its previous content.
 
 The one place the project writes results, reports, checkpoints and caches: every writer here goes through
-``replacing(path)``, a temporary file beside ``path`` that is renamed onto it only when writing succeeded.
+``replacing(path)``, a temporary file beside ``path`` that is renamed onto it only when writing succeeded. A kill
+(SIGKILL, power loss) can still leave that temporary file behind: ``stale_temporaries`` finds such files of given
+names in a folder and ``remove_stale_temporaries`` removes them (never any other file); ``stale_removal_note`` is
+the line a run prints about it.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterable, Iterator
 
 TMP_SUFFIX = ".tmp"
+_RANDOM_PART = r"[a-z0-9_]{8}"          # what tempfile.mkstemp puts between prefix and suffix
 
 
 @contextlib.contextmanager
@@ -64,3 +69,36 @@ def atomic_save(obj, path) -> Path:
     import torch
 
     return atomic_write(path, lambda fh: torch.save(obj, fh), binary=True, fsync=True)
+
+
+def stale_temporaries(folder, names: Iterable[str]) -> list[Path]:
+    """The temporary files ``replacing`` leaves in ``folder`` when a write of one of ``names`` is killed midway
+    (``.<name>.<8 random characters>.tmp``, regular files only), sorted by name."""
+    folder = Path(folder)
+    patterns = [re.compile(re.escape(f".{n}.") + _RANDOM_PART + re.escape(TMP_SUFFIX)) for n in names]
+    try:
+        entries = list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted((p for p in entries if any(r.fullmatch(p.name) for r in patterns)
+                   and p.is_file() and not p.is_symlink()), key=lambda p: p.name)
+
+
+def remove_stale_temporaries(folder, names: Iterable[str]) -> list[Path]:
+    """Remove ``stale_temporaries(folder, names)``; return those removed. Call it only where no other process
+    is writing those files (a run owns its output folder)."""
+    removed = []
+    for p in stale_temporaries(folder, names):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+def stale_removal_note(removed: list[Path]) -> str | None:
+    """The one line a run prints after ``remove_stale_temporaries`` (None when nothing was removed)."""
+    if not removed:
+        return None
+    n = len(removed)
+    return (f"removed {n} stale temporary file{'s' if n > 1 else ''} left by an interrupted write in "
+            f"{str(removed[0].parent)!r}: {', '.join(p.name for p in removed)}")

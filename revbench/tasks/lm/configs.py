@@ -115,11 +115,10 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name in ("lr", "clip", "lr_decay"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        for name in ("lr", "clip", "lr_decay", "weight_decay"):      # weight_decay may be 0, the others not
+            v, bound = getattr(self, name), (">= 0" if name == "weight_decay" else "> 0")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 if bound == ">= 0" else v > 0):
+                raise ValueError(f"{name} must be {bound}, got {v!r}")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps!r}")
         if self.threads is not None and self.threads < 1:

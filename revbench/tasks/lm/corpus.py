@@ -100,13 +100,20 @@ class Corpus:
 
 
 def _read_tokens(path: Path) -> list[str]:
-    """All tokens of a text file: each line split on whitespace, then ``<eos>``."""
+    """All tokens of a text file: each line split on whitespace, then ``<eos>``. A file that is not UTF-8 text
+    (or cannot be read) is a :class:`DataError` naming it."""
     tokens: list[str] = []
     extend, append = tokens.extend, tokens.append
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            extend(line.split())
-            append(EOS)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                extend(line.split())
+                append(EOS)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file {str(path)!r} is not UTF-8 text ({exc.reason}): is it corrupt, or not a "
+                        "corpus file?") from None
+    except OSError as exc:
+        raise DataError(f"data file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     return tokens
 
 

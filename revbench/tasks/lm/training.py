@@ -20,8 +20,11 @@ Files in ``out_dir``: ``log.jsonl`` (one JSON object per line: ``"event"`` is ``
 ``checkpoint.pt`` (model, optimiser, epoch, step in epoch, RNG states, carried hidden state, lr,
 best validation perplexity, running averages, log offset), ``best.pt`` and ``result.json``. Every
 file is written to a temporary file and renamed into place (``os.replace``), so a crash never
-corrupts the last good file. ``resume=True`` continues exactly where the checkpoint stopped: same
-segments, same dropout masks, bitwise the same parameters as an uninterrupted run.
+corrupts the last good file; a run removes the temporary files of its own that a kill left in ``out_dir``
+(and says so). ``checkpoint.pt`` and ``best.pt`` carry a SHA-256 of their contents
+(``revbench.tasks.integrity``), checked whenever they are read: a damaged file is refused, never trained on.
+``resume=True`` continues exactly where the checkpoint stopped: same segments, same dropout masks, bitwise the
+same parameters as an uninterrupted run.
 
 Memory figures per epoch (in the ``"epoch"`` records): the paper-style ``saving_actual`` /
 ``saving_ideal`` / ``buffer_efficiency`` aggregated over the epoch's steps as ratios of sums
@@ -42,22 +45,33 @@ from pathlib import Path
 
 import torch
 
-from revbench import methods
 from revbench.measure import memory
 from revbench.measure.environment import environment_info
-from revbench.util.atomic import atomic_save, atomic_write_json
+from revbench.util.atomic import atomic_write_json, remove_stale_temporaries, stale_removal_note
+from revbench.tasks.integrity import load_model_state, save_sealed
 from revbench.tasks.jsonio import finite, json_default
 from revbench.tasks.lm.build import build_model, load_data
-from revbench.tasks.lm.checkpoints import (CHECKPOINT_FORMAT, CheckpointMismatchError, OutputExistsError,
-                                           load_checkpoint)
-from revbench.tasks.lm.configs import RUN_CONTROL_FIELDS, TrainConfig
+from revbench.tasks.lm.checkpoints import (BEST_FORMAT, OutputExistsError, checkpoint_payload, load_best,
+                                           load_checkpoint, restore)
+from revbench.tasks.lm.configs import TrainConfig
 from revbench.tasks.lm.corpus import batchify, lm_segments
 from revbench.tasks.lm.evaluation import evaluate
 from revbench.tasks.lm.memory_probe import compare_memory
 from revbench.tasks.lm.progress import Bar
 from revbench.tasks.lm.running_sums import STAT_SUMS, epoch_savings, new_epoch_acc, new_interval_acc
+from revbench.tasks.run_options import check_count, check_device, check_real, check_seed, configured_method
 
 RESULT_FORMAT = "revbench.lm-result/1"
+OWN_FILES = ("checkpoint.pt", "best.pt", "result.json")      # written through util.atomic (their litter is ours)
+
+
+def check_run_fields(cfg: TrainConfig) -> None:
+    """ValueError naming the first bad run-control field (seed, device, checkpoint intervals)."""
+    check_seed(cfg.seed)
+    check_device(cfg.device)
+    check_count(cfg.checkpoint_every_steps, "checkpoint_every_steps (--checkpoint-every-steps)")
+    check_real(cfg.checkpoint_every_minutes, "checkpoint_every_minutes (--checkpoint-every-minutes)", minimum=0,
+               allow_none=True)
 
 
 # ------------------------------------------------------------------------------------------- trainer
@@ -67,6 +81,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, out_dir, resume: bool = False, quiet: bool = False,
                  progress: bool | None = None):
         self.cfg = cfg.validate()
+        check_run_fields(self.cfg)
         self.out = Path(out_dir)
         self.resume = resume
         self.quiet = quiet
@@ -87,7 +102,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {cfg.device!r} was asked for but torch sees no CUDA device")
-        self.method = methods.get(cfg.method, **cfg.method_options)
+        self.method = configured_method(cfg.method, cfg.method_options)
         self.corpus = load_data(cfg)
         dev = torch.device(cfg.device)
         self.train_data = batchify(self.corpus.train, cfg.batch_size).to(dev)
@@ -110,37 +125,6 @@ class Trainer:
         self.elapsed_before = 0.0
         self.finished = False
 
-    def _check_compatible(self, saved: dict) -> None:
-        now = self.cfg.to_dict()
-        diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {now[k]!r}" for k in now
-                 if k not in RUN_CONTROL_FIELDS and saved.get(k) != now[k]]
-        if diffs:
-            raise CheckpointMismatchError(
-                f"the checkpoint in {str(self.out)!r} was made with a different configuration ("
-                + "; ".join(diffs) + "): use another --out folder, or drop --resume after removing it")
-
-    def _restore(self, ckpt: dict) -> None:
-        self._check_compatible(ckpt["config"])
-        self.model.load_state_dict(ckpt["model"])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
-        self.lr = ckpt["lr"]
-        self.best_valid_ppl, self.best_epoch = ckpt["best_valid_ppl"], ckpt["best_epoch"]
-        self.history = ckpt["history"]
-        self.epoch_gen_state = ckpt["segment_gen_state"]
-        dev = torch.device(self.cfg.device)
-        self.hidden = [tuple(p.to(dev) for p in layer) for layer in ckpt["hidden"]]
-        self.epoch_acc, self.interval_acc = ckpt["epoch_acc"], ckpt["interval_acc"]
-        self.elapsed_before = ckpt["elapsed_s"]
-        self.finished = ckpt.get("finished", False)
-        torch.set_rng_state(ckpt["torch_rng"])
-        if ckpt.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        # drop log lines written after this checkpoint (a crash between checkpoint and log would duplicate them)
-        if self.log_path.exists() and self.log_path.stat().st_size > ckpt["log_offset"]:
-            with open(self.log_path, "r+b") as fh:
-                fh.truncate(ckpt["log_offset"])
-
     def _log(self, record: dict) -> None:
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, sort_keys=True, default=json_default) + "\n")
@@ -149,17 +133,7 @@ class Trainer:
         return self.log_path.stat().st_size if self.log_path.exists() else 0
 
     def save_checkpoint(self) -> None:
-        ckpt = {
-            "format": CHECKPOINT_FORMAT, "config": self.cfg.to_dict(), "model": self.model.state_dict(),
-            "optimizer": self.opt.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step, "lr": self.lr, "best_valid_ppl": self.best_valid_ppl,
-            "best_epoch": self.best_epoch, "history": self.history, "segment_gen_state": self.epoch_gen_state,
-            "hidden": [tuple(p.detach().cpu() for p in layer) for layer in self.hidden],
-            "epoch_acc": self.epoch_acc, "interval_acc": self.interval_acc, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "log_offset": self._log_offset(), "elapsed_s": self._elapsed(), "finished": self.finished,
-        }
-        atomic_save(ckpt, self.ckpt_path)
+        save_sealed(checkpoint_payload(self), self.ckpt_path)
         self._last_ckpt_time = time.monotonic()
         self._last_ckpt_step = self.global_step
 
@@ -182,11 +156,16 @@ class Trainer:
         if not self.resume and (self.ckpt_path.exists() or self.result_path.exists()):
             raise OutputExistsError(f"{str(self.out)!r} already holds a training run (checkpoint.pt/result.json): "
                                     "pass --resume to continue it, or choose another --out folder")
+        note = stale_removal_note(remove_stale_temporaries(self.out, OWN_FILES))
+        if note:
+            self._say(note)
         self._setup()
         resumed = self.resume and self.ckpt_path.exists()
         if resumed:
             self._fresh_state()
-            self._restore(load_checkpoint(self.ckpt_path))
+            restore(self, load_checkpoint(self.ckpt_path))
+            if self.best_path.exists():
+                load_best(self.best_path)             # verified now, not after training on
         else:
             self._fresh_state()
             if self.log_path.exists():
@@ -321,8 +300,8 @@ class Trainer:
         rec.update({f"step_{k}": v for k, v in mem.items()})
         if improved:
             self.best_valid_ppl, self.best_epoch = val["ppl"], self.epoch
-            atomic_save({"model": self.model.state_dict(), "epoch": self.epoch, "valid_ppl": val["ppl"],
-                         "config": cfg.to_dict()}, self.best_path)
+            save_sealed({"format": BEST_FORMAT, "model": self.model.state_dict(), "epoch": self.epoch,
+                         "valid_ppl": val["ppl"], "config": cfg.to_dict()}, self.best_path)
         else:
             self.lr /= cfg.lr_decay
         rec["next_lr"] = self.lr
@@ -345,8 +324,8 @@ class Trainer:
     def _finish(self) -> dict:
         cfg = self.cfg
         if self.best_path.exists():
-            best = torch.load(self.best_path, map_location=cfg.device, weights_only=False)
-            self.model.load_state_dict(best["model"])
+            best = load_best(self.best_path)
+            load_model_state(self.model, best["model"], f"best model {str(self.best_path)!r}")
         t0 = time.perf_counter()
         val = evaluate(self.model, self.valid_data, cfg.bptt, cfg.carry_state)
         test = evaluate(self.model, self.test_data, cfg.bptt, cfg.carry_state)

@@ -10,11 +10,11 @@ from revbench.tasks.nmt.config import NMTConfig
 from revbench.tasks.nmt.corpus import ParallelCorpus, load_parallel
 
 
-def load_corpus(config: NMTConfig, data_dir=None) -> ParallelCorpus:
+def load_corpus(config: NMTConfig, data_dir=None, verify: bool = True) -> ParallelCorpus:
     if config.data == "synthetic":
         return load_parallel("synthetic", num_train=config.synthetic_train, num_valid=100, num_test=100,
                              vocab_size=config.synthetic_vocab, seed=config.seed)
-    return load_parallel("multi30k", data_dir=data_dir, min_freq=config.min_freq)
+    return load_parallel("multi30k", data_dir=data_dir, verify=verify, min_freq=config.min_freq)
 
 
 def build_model(config: NMTConfig, corpus: ParallelCorpus) -> Seq2Seq:

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from revbench import methods
+from revbench.tasks.run_options import check_count, check_real, check_seed, configured_method
 
 PAPER_LR = {"lstm": 1.0, "revlstm": 0.5, "nf-revlstm": 0.5, "gru": 0.2, "revgru": 0.2, "nf-revgru": 0.2}
 
@@ -52,7 +53,7 @@ class NMTConfig:
 
     def make_method(self):
         """The configured training method (``revbench.methods.get``); its step takes ``normalize=loss_norm``."""
-        return methods.get(self.method, **self.method_options)
+        return configured_method(self.method, self.method_options)
 
     def validate(self) -> "NMTConfig":
         from revbench.core.cells import CELL_TYPES, REVERSIBLE_CELLS, validate_max_forget_bits
@@ -79,6 +80,13 @@ class NMTConfig:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr!r}")
+        check_real(self.lr, "lr (--lr)", allow_none=True)
+        check_real(self.length_penalty, "length_penalty (--length-penalty)")
+        check_real(self.dropout, "dropout (--dropout)", minimum=0)
+        if not self.dropout < 1:
+            raise ValueError(f"dropout (--dropout) must be below 1, got {self.dropout!r}")
+        check_count(self.save_every, "save_every (--save-every)", allow_none=False)
+        check_seed(self.seed, "seed (--seed)")
         if self.loss_norm not in ("sents", "tokens"):
             raise ValueError(f"loss_norm must be 'sents' or 'tokens', got {self.loss_norm!r}")
         if self.dtype not in ("float32", "float64"):

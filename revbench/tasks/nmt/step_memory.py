@@ -13,7 +13,8 @@ from revbench.models.seq2seq import Seq2Seq
 from revbench.models.seq2seq.inputs import make_batch
 from revbench.tasks.nmt.build import build_model, train_pairs
 from revbench.tasks.nmt.config import NMTConfig
-from revbench.tasks.nmt.train import BEST
+from revbench.tasks.integrity import load_model_state
+from revbench.tasks.nmt.train import BEST, load_best
 
 # Methods whose live-tensor peak every grid point measures (with their default options; reversible only for
 # reversible cells): plain BPTT, Chen's sqrt(T) checkpointing, Gruslys' policy at a 5% slot budget.
@@ -69,7 +70,7 @@ def point_memory(config: NMTConfig, corpus, run_dir: Path) -> dict:
     torch.manual_seed(config.seed)
     model = build_model(config, corpus)
     if (run_dir / BEST).exists():
-        model.load_state_dict(torch.load(run_dir / BEST, map_location="cpu", weights_only=False)["model"])
+        load_model_state(model, load_best(run_dir / BEST)["model"], f"best model {str(run_dir / BEST)!r}")
     batch = representative_batch(train_pairs(config, corpus), config.batch_size)
     out = {"batch_src_len": int(batch.src.shape[0]), "batch_tgt_len": int(batch.tgt_in.shape[0]),
            "batch_size": int(batch.src.shape[1])}

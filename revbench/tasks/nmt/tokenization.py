@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from revbench.tasks.datasets import MissingDataError, sha256_file
+from revbench.tasks.datasets import DataError, MissingDataError, sha256_file
 from revbench.util.atomic import atomic_write
 
 DASH_TOKEN = "@-@"
@@ -113,10 +113,16 @@ def tokenize_file(
                 cached = pickle.load(fh)
             if isinstance(cached, list):
                 return cached
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        except Exception:       # a damaged cache entry of any kind is just rebuilt  # noqa: BLE001
             pass
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data file {str(path)!r} is not UTF-8 text ({exc.reason}): is it corrupt, or not a "
+                        "corpus file?") from None
+    except OSError as exc:
+        raise DataError(f"data file {str(path)!r} cannot be read: {exc.strerror or exc}") from None
     if lines and lines[-1] == "":
         lines.pop()
     tokens = [tokenize(line, lang, lower) for line in lines]

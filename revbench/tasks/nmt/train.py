@@ -1,8 +1,12 @@
 """Training an NMT model: :func:`train` into an output folder with an atomic, resumable checkpoint.
 
 A resumed run gives the same parameters as an uninterrupted one (the batch order of an epoch is a function of
-the seed and the epoch; the global RNG, which draws dropout masks, is checkpointed). :func:`savings_of` gives the
-paper-style encoder/decoder savings of an epoch's accumulated statistics.
+the seed and the epoch; the global RNG, which draws dropout masks, is checkpointed). ``checkpoint.pt`` and
+``best.pt`` carry a SHA-256 of their contents (``revbench.tasks.integrity``), checked by :func:`load_checkpoint`
+and :func:`load_best` whenever they are read: a damaged file is refused, never trained on (files without a
+``format``, from before the digest, are used with a warning). A run removes the temporary files of its own that
+a kill left in its folder. :func:`savings_of` gives the paper-style encoder/decoder savings of an epoch's
+accumulated statistics.
 """
 from __future__ import annotations
 
@@ -14,19 +18,66 @@ from pathlib import Path
 
 import torch
 
+from revbench.tasks.integrity import CheckpointCorruptError, describe, load_model_state, load_sealed, save_sealed
 from revbench.tasks.nmt.build import build_model, epoch_batches, load_corpus, train_pairs
 from revbench.tasks.nmt.config import NMTConfig
 from revbench.tasks.nmt.corpus import ParallelCorpus
 from revbench.tasks.nmt.evaluate import bleu_on, evaluate_loss
-from revbench.util.atomic import atomic_save, atomic_write_json, atomic_write_text
+from revbench.util.atomic import (atomic_write_json, atomic_write_text, remove_stale_temporaries,
+                                  stale_removal_note)
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 RESULTS = "results.json"
+OWN_FILES = (CHECKPOINT, BEST, RESULTS, "config.json", "test.hyp.txt")   # written through util.atomic
+CHECKPOINT_FORMAT = "revbench.nmt-checkpoint/2"
+BEST_FORMAT = "revbench.nmt-best/2"
+_STATE_KEYS = ("epoch", "batch_in_epoch", "step", "lr", "last_val_ppl", "history", "acc", "train_time_s")
 
 
 class CheckpointError(ValueError):
     """An output folder's checkpoint cannot be used (another configuration, or it exists without --resume)."""
+
+
+def _load(path, what: str, fmt: str, required) -> dict:
+    obj = load_sealed(path, what, required=required, legacy=lambda d: "format" not in d)
+    if obj.get("format", fmt) != fmt:
+        raise CheckpointCorruptError(f"{what} {str(path)!r} is not a revbench NMT {what} (format "
+                                     f"{obj.get('format')!r}, expected {fmt!r})")
+    return obj
+
+
+def load_checkpoint(path) -> dict:
+    """The verified contents of an NMT ``checkpoint.pt``."""
+    return _load(path, "checkpoint", CHECKPOINT_FORMAT, ("config", "model", "optimizer", "state", "rng"))
+
+
+def load_best(path) -> dict:
+    """The verified contents of an NMT ``best.pt`` (``model``, ``config``, ``epoch``)."""
+    return _load(path, "best model", BEST_FORMAT, ("model",))
+
+
+def _resume(ckpt_path, cfg: dict, model, opt) -> dict:
+    """Put the checkpoint back into ``model`` and ``opt`` and the global RNG; return the training state."""
+    ck = load_checkpoint(ckpt_path)
+    label = f"checkpoint {str(ckpt_path)!r}"
+    if not isinstance(ck["config"], dict):
+        raise CheckpointCorruptError(f"{label}: its config is a {type(ck['config']).__name__}, not a dict")
+    if ck["config"] != cfg:
+        diff = sorted(k for k in cfg if ck["config"].get(k) != cfg[k])
+        raise CheckpointError(f"{ckpt_path} was written by another configuration (differs in: {', '.join(diff)})")
+    load_model_state(model, ck["model"], label)
+    state = ck["state"]
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointCorruptError(f"{label}: its training state lacks {', '.join(missing)}")
+    try:
+        opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise CheckpointCorruptError(f"{label}: its optimizer or RNG state cannot be restored "
+                                     f"({describe(exc)})") from None
+    return state
 
 
 def json_default(x):
@@ -91,11 +142,12 @@ def _progress(total, desc, enabled):
 
 def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorpus | None = None, data_dir=None,
           progress: bool | None = None, stop_after_steps: int | None = None, evaluate: bool = True,
-          log=print) -> dict | None:
+          log=print, verify: bool = True) -> dict | None:
     """Train ``config`` into ``out_dir`` (``config.json``, ``checkpoint.pt``, ``best.pt`` (the epoch with the best
     validation perplexity, which the test evaluation uses), ``results.json``, ``test.hyp.txt``).
     Returns the results dict, or None when ``stop_after_steps`` interrupted the run (after
-    writing a checkpoint; ``resume=True`` continues it). ``progress``: tqdm bar (default: only on a TTY)."""
+    writing a checkpoint; ``resume=True`` continues it). ``progress``: tqdm bar (default: only on a TTY).
+    ``verify=False`` skips the data's SHA256SUMS check (your own copy of Multi30K)."""
     config.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,25 +155,23 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
     if progress is None:
         progress = sys.stderr.isatty()
     t_start = time.perf_counter()
-    corpus = corpus or load_corpus(config, data_dir)
-    pairs = train_pairs(config, corpus)
     cfg = asdict(config)
     if ckpt_path.exists() and not resume:
         raise CheckpointError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    note = stale_removal_note(remove_stale_temporaries(out, OWN_FILES))
+    if note:
+        log(note)
+    corpus = corpus or load_corpus(config, data_dir, verify=verify)
+    pairs = train_pairs(config, corpus)
     torch.manual_seed(config.seed)
     model = build_model(config, corpus)
     opt = torch.optim.SGD(model.parameters(), lr=config.resolved_lr())
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "lr": config.resolved_lr(), "last_val_ppl": None,
              "history": [], "acc": _new_epoch_acc(), "train_time_s": 0.0}
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["config"] != cfg:
-            diff = sorted(k for k in cfg if ck["config"].get(k) != cfg[k])
-            raise CheckpointError(f"{ckpt_path} was written by another configuration (differs in: {', '.join(diff)})")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        torch.set_rng_state(ck["rng"])
+        state = _resume(ckpt_path, cfg, model, opt)
+        if (out / BEST).exists():
+            load_best(out / BEST)                 # verified now, not after training on
         log(f"resumed from {ckpt_path}: epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, "
             f"step {state['step']}")
     atomic_write_json(cfg, out / "config.json", indent=2, default=json_default)
@@ -129,8 +179,8 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
     params = list(model.parameters())
 
     def save():
-        atomic_save({"config": cfg, "model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                     "rng": torch.get_rng_state()}, ckpt_path)
+        save_sealed({"format": CHECKPOINT_FORMAT, "config": cfg, "model": model.state_dict(),
+                     "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state()}, ckpt_path)
 
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
@@ -182,7 +232,8 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
         if state.get("best_val_ppl") is None or val["ppl"] < state["best_val_ppl"]:
             state["best_val_ppl"] = val["ppl"]
             state["best_epoch"] = epoch + 1
-            atomic_save({"config": cfg, "model": model.state_dict(), "epoch": epoch + 1}, out / BEST)
+            save_sealed({"format": BEST_FORMAT, "config": cfg, "model": model.state_dict(), "epoch": epoch + 1},
+                        out / BEST)
         if state["last_val_ppl"] is not None and val["ppl"] > state["last_val_ppl"]:
             state["lr"] *= config.lr_decay
         state["last_val_ppl"] = val["ppl"]
@@ -194,7 +245,7 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
                "train_time_s": state["train_time_s"], "final": state["history"][-1] if state["history"] else None,
                "best_epoch": state.get("best_epoch"), "best_val_ppl": state.get("best_val_ppl")}
     if (out / BEST).exists():               # evaluate the model with the best validation perplexity
-        model.load_state_dict(torch.load(out / BEST, map_location="cpu", weights_only=False)["model"])
+        load_model_state(model, load_best(out / BEST)["model"], f"best model {str(out / BEST)!r}")
     if evaluate:
         t0 = time.perf_counter()
         test = corpus.test
