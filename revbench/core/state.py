@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from revbench.core.buffer import GATE_ONE, buffered_div, buffered_mul, empty_buffer, is_empty
-from revbench.core.fixedpoint import (SCALE, FixedPointOverflowError, check_state, from_fixed, quantise_gate,
+from revbench.core.fixedpoint import (RZ, SCALE, FixedPointOverflowError, check_state, from_fixed, quantise_gate,
                                       to_fixed)
 from revbench.core.functional import straight_through
 
@@ -131,7 +131,8 @@ class StateUpdater:
     ``stack``: the layer's WordStack (None when words are not kept); ``parts``: the cell's part names (for
     overflow messages); ``known=None``: the exact forward (quantise, multiply through the buffer, add);
     ``known=LayerState``: replay; the next integers are already known (reversible backprop).
-    ``ideal`` sums the bits forgotten (-log2 z) over the updates of this step.
+    ``ideal`` sums the bits forgotten over the updates of this step: -log2 of each applied gate, i.e. of the
+    quantised and clamped z_q / 2^RZ (a float gate below 2^-RZ forgets RZ bits, not more).
     """
 
     def __init__(self, stack, parts, dtype, ls: LayerState, mask, known: LayerState | None):
@@ -154,7 +155,9 @@ class StateUpdater:
                         f"quantised to maximal forgetting; the cell's pre-activations diverged (check the "
                         f"learning rate, or non-finite weights)")
                 zq = quantise_gate(z)
-                bits = -torch.log2(z.detach().double())
+                # information forgotten: -log2 of the gate actually applied (quantised to RZ bits, clamped to
+                # [2^-RZ, 1]), not of the float gate: a float gate below 2^-RZ forgets only RZ bits
+                bits = RZ - torch.log2(zq.double())
                 if m is not None:
                     zq = torch.where(m, zq, torch.full_like(zq, GATE_ONE))
                     bits = torch.where(m, bits, torch.zeros_like(bits))

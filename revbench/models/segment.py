@@ -63,7 +63,7 @@ class Segment:
                     W[name] = (W[name] * mask).detach().requires_grad_(W[name].requires_grad)
             self.weight_leaves.append(W)
         self.counters = {"forward_steps": 0, "reverse_steps": 0}
-        self.ideal_bits = {}          # step -> tensor: bits forgotten (sum of -log2 z), set once per step
+        self.ideal_bits = {}          # step -> tensor: bits forgotten (sum of -log2 z_q, the applied gates), set once per step
         self.buffer_bits_peak = 0
 
     # ------------------------------------------------------------------ states

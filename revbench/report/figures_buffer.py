@@ -21,7 +21,7 @@ def fig_saving_ratios(df):
     d = plot_frame(b)
     measures = {"allocator_saving": "allocator: bptt peak / peak",
                 "saving_actual": "paper-style, actual buffer bits",
-                "saving_ideal": "paper-style, ideal bits (Σ −log2 z)"}
+                "saving_ideal": "paper-style, ideal bits (Σ −log2 z_q)"}
     long = d.melt(id_vars=["setting", "method_label", "forget_label", "seq_len"], value_vars=list(measures),
                   var_name="measure", value_name="saving").dropna(subset=["saving"])
     long["measure"] = long["measure"].map(measures)

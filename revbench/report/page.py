@@ -66,14 +66,14 @@ SECTIONS: tuple[Section, ...] = (
         "ratios (baseline state bits / buffer bits, actual and ideal).",
         lambda df: (f"allocator ratio from peak_bytes of both methods in the same run ({peak_how(df)}); "
                     "paper-style ratios from the method's own bit accounting: baseline = 32·T·B·H per layer (×2 for "
-                    "LSTM), actual = bits allocated for buffer chunks, ideal = Σ −log2 z of the forget gates."),
+                    "LSTM), actual = bits allocated for buffer chunks, ideal = Σ −log2 z_q of the applied (quantised, clamped) forget gates."),
         "memory-saving ratios per forgetting limit")),
     Section("efficiency", "Buffer efficiency", _figure_section(
         fig_buffer_efficiency,
         "How much more the information buffer allocates than the information it must keep: "
         "buffer_bits_actual / buffer_bits_ideal, per forgetting limit and setting. 1.0 is a perfect buffer.",
         lambda df: ("bit accounting of the method itself: actual = 64 bits per int64 entry of every buffer chunk "
-                    "(plus overflow flags), ideal = Σ −log2 z over time steps, batch and units."),
+                    "(plus overflow flags), ideal = Σ −log2 z_q (applied gates) over time steps, batch and units."),
         "buffer efficiency per forgetting limit")),
     Section("seq2seq", "Encoder-decoder (attention NMT step)", seq2seq_html, kind="seq2seq"),
     Section("meters", "Independent memory meters", meters_html, kind="all"),

@@ -102,7 +102,7 @@ def summary_html(df) -> str:
     """Section (a): the headline table (largest seq_len) and the full per-benchmark table."""
     how = (f"{peak_how(df)} Savings: allocator = bptt's peak_bytes on the same configuration / this peak_bytes; "
            "paper-style = state bits a standard RNN stores (32·T·B·H per layer, ×2 for LSTM) / bits the "
-           f"information buffer allocates (actual) or the information forgotten, Σ −log2 z (ideal). {time_how(df)}")
+           f"information buffer allocates (actual) or the information forgotten, Σ −log2 z_q of the applied gates (ideal). {time_how(df)}")
     head = headline_table(df)
     head_html = ""
     if len(head):

@@ -104,7 +104,7 @@ class BatchRun:
 
         baseline bits = 32 * valid tokens * sum of hidden sizes (x2 for LSTM cells: h and c);
         buffer bits actual = peak over the forward pass of 64 per live buffer element + 32 per allocated word
-        slot; ideal = sum of -log2 z over valid steps and units. The encoder adds its stored context: the
+        slot; ideal = sum of -log2 z_q (the applied, quantised gates) over valid steps and units. The encoder adds its stored context: the
         slice store's allocated bits (actual) and 32 * slice_dim * valid tokens (ideal), or the stored hidden
         states for context 'all' (32 * hidden * valid tokens).
         """
