@@ -297,3 +297,54 @@ def test_cli_environment_mismatch_is_noted(tmp_path, base_doc, capsys):
     assert _run(tmp_path, base_doc, new) == 0
     assert "torch_version differs" in capsys.readouterr().out
 
+
+
+# --- hostile input (issue 17, item 5): a file that cannot be compared is exit 3, never 1 ("regression") ---
+
+def _hostile(base_doc, how):
+    """base_doc broken in one of the ways a crash used to read as a regression."""
+    doc = copy.deepcopy(base_doc)
+    if how == "peak_bytes=10**30":
+        doc["benchmarks"][0]["extra_info"]["peak_bytes"] = 10 ** 30
+    elif how == "machine_info string":
+        doc["machine_info"] = "x86_64"
+    elif how == "negative peak_bytes":
+        doc["benchmarks"][0]["extra_info"]["peak_bytes"] = -1
+    elif how == "zero median":
+        doc["benchmarks"][0]["stats"]["median"] = 0.0
+    elif how == "unknown kind":
+        doc["benchmarks"][0]["extra_info"]["kind"] = "encdec"
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize("how", ["peak_bytes=10**30", "machine_info string", "negative peak_bytes", "zero median",
+                                 "unknown kind"])
+@pytest.mark.parametrize("side", ["base", "new"])
+def test_cli_impossible_values_exit_3_with_one_line(tmp_path, base_doc, capsys, how, side):
+    good, bad = _write(tmp_path, base_doc, "good.json"), _write(tmp_path, _hostile(base_doc, how), "bad.json")
+    argv = ["compare", str(bad), str(good)] if side == "base" else ["compare", str(good), str(bad)]
+    assert cli.main(argv) == 3
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"revbench compare: error: {bad}: ") and captured.err.count("\n") == 1
+    assert captured.out == ""
+
+
+def test_cli_json_nested_100000_deep_exits_3_without_a_traceback(tmp_path, base_doc):
+    base = _write(tmp_path, base_doc, "base.json")
+    deep = _write(tmp_path, "[" * 100_000 + "]" * 100_000, "deep.json")
+    proc = subprocess.run([sys.executable, "-m", "revbench.cli", "compare", str(base), str(deep)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-500:]
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert f"{deep}: is nested too deeply to parse" in proc.stderr
+
+
+def test_cli_ambiguous_benchmarks_name_the_file(tmp_path, base_doc, capsys):
+    new = copy.deepcopy(base_doc)
+    twin = copy.deepcopy(new["benchmarks"][0])
+    twin["fullname"] = "suites/other_file.py::" + twin["name"]   # another test with the same name and record
+    new["benchmarks"].append(twin)
+    bad = _write(tmp_path, new, "twins.json")
+    assert cli.main(["compare", str(_write(tmp_path, base_doc, "base.json")), str(bad)]) == 3
+    err = capsys.readouterr().err
+    assert f"new ({bad}): two benchmarks share the key" in err and err.count("\n") == 1

@@ -242,3 +242,57 @@ def test_report_renders_in_a_headless_browser(tmp_path, sample):
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 200  # text, tables and plots; a blank page has a handful
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+# --- hostile input (issue 17, item 5) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, words", [
+    ("machine_info", "x86_64", "machine_info must be an object or null, got str 'x86_64'"),
+    ("machine_info", {"cpu": ["Xeon"]}, "machine_info.cpu must be an object or null"),
+    ("commit_info", {"id": 7, "dirty": True}, "commit_info.id must be a string or null"),
+])
+def test_cli_report_metadata_of_the_wrong_type_exits_3_and_keeps_the_old_report(tmp_path, capsys, key, value, words):
+    doc = benchjson.build_benchmark_json(cells=("revgru",), seq_lens=(35,), forget_limits=(3,))
+    doc[key] = value
+    bad = _write(tmp_path, doc, "bad.json")
+    out = tmp_path / "report.html"
+    out.write_text("EARLIER REPORT")
+    assert cli.main(["report", str(bad), "-o", str(out)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith(f"revbench report: error: {bad}: {words}")
+    assert err.count("\n") == 1 and out.read_text() == "EARLIER REPORT"
+
+
+def test_cli_report_text_matplotlib_cannot_draw_exits_3(tmp_path, capsys):
+    doc = benchjson.build_benchmark_json(cells=("revgru",), seq_lens=(35,), forget_limits=(3,))
+    doc["benchmarks"][0]["extra_info"]["method_label"] = "bptt\ud800"
+    bad = _write(tmp_path, doc, "bad.json")
+    assert cli.main(["report", str(bad), "-o", str(tmp_path / "r.html")]) == 3
+    assert "unpaired surrogate" in capsys.readouterr().err and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("how", ["peak_bytes=10**30", "machine_info string", "nested 100000 deep"])
+def test_cli_report_hostile_json_exits_3_without_a_traceback(tmp_path, how):
+    doc = benchjson.build_benchmark_json(cells=("revgru",), seq_lens=(35,), forget_limits=(3,))
+    if how == "peak_bytes=10**30":
+        doc["benchmarks"][0]["extra_info"]["peak_bytes"] = 10 ** 30
+    elif how == "machine_info string":
+        doc["machine_info"] = "x86_64"
+    text = "[" * 100_000 + "]" * 100_000 if how == "nested 100000 deep" else json.dumps(doc)
+    bad = _write(tmp_path, text)
+    proc = subprocess.run([sys.executable, "-m", "revbench.cli", "report", str(bad), "-o", str(tmp_path / "r.html")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr[-500:]
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith(f"revbench report: error: {bad}: ")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_encoder_decoder_records_without_optional_side_figures_render(tmp_path):
+    data = json.loads((Path(__file__).resolve().parents[1] / "reports" / "nmt-step" / "benchmarks.json").read_text())
+    for b in data["benchmarks"]:
+        for key in ("enc_allocator_saving", "dec_allocator_saving", "enc_saving_actual", "dec_saving_actual"):
+            b["extra_info"].pop(key, None)
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(_write(tmp_path, data)), "-o", str(out)]) == 0
+    assert "Encoder-decoder" in out.read_text(encoding="utf-8")

@@ -186,3 +186,181 @@ def test_optional_record_keys_may_be_absent(tmp_path, doc):
     assert df["saved_bytes"].isna().all()
     assert isinstance(df, pd.DataFrame) and len(df) == len(doc["benchmarks"])
     assert not math.isnan(float(df["peak_bytes"].iloc[0]))
+
+
+# --- hostile input (issue 17, item 5): impossible values and shapes are bad input, named in one line ------
+
+def _with(doc, key, value, index=4, part="extra_info"):
+    """Copy of doc with benchmark `index`'s `part` (extra_info, stats, or the entry itself) given key=value."""
+    data = copy.deepcopy(doc)
+    entry = data["benchmarks"][index]
+    (entry if part == "entry" else entry[part])[key] = value
+    return data
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("peak_bytes", 10 ** 30, "peak_bytes must be an integer from 1 to 2**63-1 (bytes) or null, got int 1000"),
+    ("peak_bytes", 2 ** 63, "from 1 to 2**63-1"),
+    ("peak_bytes", 0, "peak_bytes must be an integer from 1"),
+    ("peak_bytes", -4096, "peak_bytes must be an integer from 1"),
+    ("live_peak_bytes", 0, "live_peak_bytes must be an integer from 1"),
+    ("saved_bytes", -1, "saved_bytes must be an integer from 0"),
+    ("rss_peak_delta_bytes", -(10 ** 30), "rss_peak_delta_bytes must be an integer from 0"),
+    ("cuda_peak_allocated_bytes", -512, "must be an integer from 0"),
+    ("hidden_size", -3, "hidden_size must be an integer from 1 to 2**63-1 (a size)"),
+    ("seq_len", 0, "seq_len must be an integer from 1"),
+    ("batch_size", -1, "batch_size must be an integer from 1"),
+    ("num_layers", 0, "num_layers must be an integer from 1"),
+    ("vocab_size", 10 ** 30, "vocab_size must be an integer from 1 to 2**63-1"),
+    ("max_forget_bits", 0, "max_forget_bits must be an integer from 1 to 10"),
+    ("max_forget_bits", 11, "max_forget_bits must be an integer from 1 to 10"),
+    ("forward_steps", -1, "forward_steps must be an integer from 0"),
+    ("cpu_count", 0, "cpu_count must be an integer from 1"),
+    ("buffer_bits_actual", -8, "buffer_bits_actual counts bits, so it must be >= 0"),
+    ("buffer_bits_ideal", 1e300, "beyond any measurement"),
+    ("saving_actual", -2.0, "saving_actual is a ratio of two positive figures, so it must be > 0"),
+    ("allocator_saving", 0.0, "must be > 0"),
+    ("allocator_saving", float("inf"), "must be null"),
+    ("kind", "encdec", "kind str 'encdec' is not a known record kind (expected 'lm' or 'seq2seq'"),
+    ("kind", 1, "is not a known record kind"),
+    ("hidden_size", "256", "hidden_size must be an integer or null, got str '256'"),
+    ("peak_bytes", [1], "peak_bytes must be an integer or null, got list [1]"),
+    ("method_options", {}, "method_options must be a string"),
+    ("foo_bytes", "many", "foo_bytes must be an integer"),   # compare gates every *_bytes figure: checked too
+    ("foo_bytes", -1, "foo_bytes must be an integer from 0"),
+    ("method_label", "bptt\ud800", "unpaired surrogate"),
+])
+def test_impossible_record_values_are_bad_input(tmp_path, doc, key, value, words):
+    data = _with(doc, key, value)
+    err = _error(_write(tmp_path, data))
+    assert words in str(err)
+    assert "\n" not in str(err)
+    if "surrogate" not in words:
+        assert f"benchmark {data['benchmarks'][4]['name']!r}: {key} " in str(err)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("median", -0.1, "stats.median must be a time in seconds > 0 and at most 1e+06, got float -0.1"),
+    ("median", 0, "stats.median must be a time in seconds > 0"),
+    ("median", float("inf"), "stats.median must be a time in seconds > 0"),
+    ("median", 1e7, "stats.median must be a time in seconds > 0 and at most 1e+06"),
+    ("median", float("nan"), "stats.median"),
+    pytest.param("median", 10 ** 400, "stats.median must be a time", id="median-10**400"),
+    ("mean", 0.0, "stats.mean must be a time in seconds > 0"),
+    ("min", -1e-9, "stats.min must be a time in seconds > 0"),
+    ("stddev", -1.0, "stats.stddev must be a time in seconds >= 0"),
+    ("iqr", float("-inf"), "stats.iqr must be a time in seconds >= 0"),
+    ("rounds", 0, "stats.rounds must be a whole number of rounds >= 1"),
+    ("rounds", 2.5, "stats.rounds must be a whole number of rounds >= 1"),
+    ("rounds", 10 ** 30, "stats.rounds must be a whole number of rounds >= 1"),
+    ("rounds", True, "stats.rounds is missing or not a number"),
+    ("median", "0.01", "stats.median is missing or not a number"),
+])
+def test_impossible_times_are_bad_input(tmp_path, doc, key, value, words):
+    data = _with(doc, key, value, part="stats")
+    err = _error(_write(tmp_path, data))
+    assert words in str(err) and data["benchmarks"][4]["name"] in str(err)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("machine_info", "x86_64 build box", "machine_info must be an object or null, got str 'x86_64 build box'"),
+    ("machine_info", ["node"], "machine_info must be an object or null, got list"),
+    ("machine_info", {"cpu": "Xeon"}, "machine_info.cpu must be an object or null, got str 'Xeon'"),
+    ("commit_info", ["abc"], "commit_info must be an object or null"),
+    ("commit_info", {"id": 5, "dirty": True}, "commit_info.id must be a string or null, got int 5"),
+    ("datetime", 20250101, "datetime must be a string or null"),
+    ("version", [5, 2], "version must be a string or null"),
+])
+def test_file_metadata_of_the_wrong_type_is_bad_input(tmp_path, doc, key, value, words):
+    data = copy.deepcopy(doc)
+    data[key] = value
+    assert words in str(_error(_write(tmp_path, data)))
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("name", {"a": 1}, "benchmark entry #4: name must be a non-empty string, got dict {'a': 1}"),
+    ("name", "", "benchmark entry #4: name must be a non-empty string"),
+    ("fullname", 3, "fullname must be a string, got int 3"),
+    ("group", [], "group must be a string, got list []"),
+])
+def test_benchmark_entry_fields_of_the_wrong_type_are_bad_input(tmp_path, doc, key, value, words):
+    assert words in str(_error(_write(tmp_path, _with(doc, key, value, part="entry"))))
+
+
+def test_json_nested_100000_deep_is_bad_input_not_a_recursion_error(tmp_path, doc):
+    text = json.dumps(doc).replace('"version": "5.2.0"', '"version": ' + "[" * 100_000 + "]" * 100_000)
+    assert "is nested too deeply to parse" in str(_error(_write(tmp_path, text)))
+
+
+def test_json_nested_deeper_than_any_benchmark_file_is_bad_input(tmp_path, doc):
+    data = copy.deepcopy(doc)
+    node = data["machine_info"]
+    for _ in range(200):                  # parses (under the parser's limit), but no benchmark file looks like it
+        node["cpu"] = {}
+        node = node["cpu"]
+    err = _error(_write(tmp_path, data))
+    assert "is nested more than 64 levels deep (at machine_info.cpu.cpu" in str(err)
+
+
+def test_an_integer_too_long_to_parse_is_bad_input(tmp_path, doc):
+    text = json.dumps(doc).replace('"peak_bytes": ', '"peak_bytes": 1' + "0" * 5000 + ", \"x\": ", 1)
+    assert "is not usable JSON: Exceeds the limit (4300 digits)" in str(_error(_write(tmp_path, text)))
+
+
+def test_unpaired_surrogate_in_a_key_is_bad_input(tmp_path, doc):
+    data = _with(doc, "note\udc80", "x")
+    err = _error(_write(tmp_path, data))
+    assert "benchmarks[4].extra_info.note\\udc80 holds str 'note\\udc80', which has an unpaired surrogate" in str(err)
+
+
+def test_the_error_stays_on_one_line_whatever_the_names_hold(tmp_path, doc):
+    data = _with(doc, "peak_bytes", -1)
+    data["benchmarks"][4]["name"] = "evil\nTraceback (most recent call last):\x1b[2J"
+    with pytest.raises(BenchmarkFileError) as info:
+        load_benchmarks(_write(tmp_path, data, name="two\nlines.json"))
+    err = info.value
+    assert "\n" not in str(err) and "\x1b" not in str(err)
+    assert "evil\\nTraceback" in str(err) and "two\\nlines.json" in str(err)
+
+
+def _seq2seq_doc():
+    return json.loads((Path(__file__).resolve().parents[1] / "reports" / "nmt-step" / "benchmarks.json").read_text())
+
+
+@pytest.mark.parametrize("key", ["context", "src_len", "tgt_len", "enc_held_bytes", "dec_held_bytes"])
+def test_encoder_decoder_record_lacking_its_identity_is_bad_input(tmp_path, key):
+    data = _seq2seq_doc()
+    del data["benchmarks"][0]["extra_info"][key]
+    assert f"record lacks required key(s) {key}" in str(_error(_write(tmp_path, data)))
+
+
+def test_encoder_decoder_optional_figures_get_a_missing_column(tmp_path):
+    data = _seq2seq_doc()
+    for b in data["benchmarks"]:
+        for key in ("enc_allocator_saving", "dec_allocator_saving", "enc_saving_actual", "dec_context_bits_actual"):
+            b["extra_info"].pop(key, None)
+    df = load_benchmarks(_write(tmp_path, data))
+    assert df["enc_allocator_saving"].isna().all() and df["dec_saving_ideal"].notna().any()
+
+
+@pytest.mark.parametrize("part, key, value", [
+    ("extra_info", "live_peak_param_bytes", 0), ("extra_info", "saved_bytes", 0),
+    ("extra_info", "rss_peak_delta_bytes", 0), ("extra_info", "nvml_peak_used_bytes", 0),
+    ("extra_info", "reverse_steps", 0), ("extra_info", "peak_bytes", 2 ** 63 - 1),
+    ("extra_info", "peak_bytes", None), ("extra_info", "buffer_bits_ideal", 0.0),
+    ("extra_info", "max_forget_bits", 10), ("extra_info", "kind", "lm"), ("extra_info", "nvml_samples", 12),
+    ("stats", "stddev", 0.0), ("stats", "iqr", 0), ("stats", "rounds", 3.0), ("stats", "median", 5e-324),
+    ("entry", "group", None),
+])
+def test_possible_edge_values_stay_accepted(tmp_path, doc, part, key, value):
+    df = load_benchmarks(_write(tmp_path, _with(doc, key, value, part=part)))
+    assert len(df) == len(doc["benchmarks"])
+    assert str(df["peak_bytes"].dtype) == "Int64" and str(df["rounds"].dtype) == "Int64"
+
+
+@pytest.mark.parametrize("name", ["sample-benchmarks.json", "baseline.json", "frontier/benchmarks.json",
+                                  "nmt-step/benchmarks.json"])
+def test_every_committed_benchmark_file_meets_the_contract(name):
+    path = Path(__file__).resolve().parents[1] / "reports" / name
+    df = load_benchmarks(path)
+    assert len(df) == len(json.loads(path.read_text())["benchmarks"])

@@ -26,8 +26,9 @@ exit status:
   0  no regression
   1  a figure regressed, or a benchmark of the base run is missing from the new run
   2  usage error (argparse)
-  3  an input file is missing, malformed, not pytest-benchmark output, or has no revbench
-     records (nothing is written to --output then)
+  3  an input file is missing, malformed, not pytest-benchmark output, has no revbench
+     records, or holds a value the record contract rules out (a wrong type, a negative or
+     zero size, byte count or time, an unknown kind); nothing is written to --output then
 """
 
 

@@ -12,8 +12,9 @@ EPILOG = """\
 exit status:
   0  report written (its path is printed)
   2  usage error (argparse)
-  3  the JSON file is missing, malformed, not pytest-benchmark output, or has no revbench
-     records; or the report cannot be written
+  3  the JSON file is missing, malformed, not pytest-benchmark output, has no revbench
+     records, or holds a value the record contract rules out (a wrong type, a negative or
+     zero size, byte count or time, an unknown kind); or the report cannot be written
 
 The report is written to a temporary file and renamed into place, so a failed run never
 replaces an earlier report.
@@ -30,10 +31,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from revbench.report.page import render_report
     from revbench.report.results import BenchmarkFileError, load_benchmarks
 
     out = args.output if args.output is not None else args.json.with_suffix(".html")
@@ -41,10 +38,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"revbench report: error: output {out} is a directory", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        df = load_benchmarks(args.json)
+        df = load_benchmarks(args.json)  # checked against the record contract before anything is drawn
     except BenchmarkFileError as exc:
         print(f"revbench report: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from revbench.report.page import render_report
+
     title = args.title or f"revbench report: {args.json.name}"
     try:
         path = render_report(df, out, title=title)

@@ -209,13 +209,14 @@ def _value(v):
 
 
 def _index(df, side: str) -> dict:
+    where = f"{side} ({df.attrs['source']})" if df.attrs.get("source") else side   # name the file when known
     missing = [k for k in KEY if k not in df.columns]
     if missing:
-        raise ValueError(f"{side} benchmarks lack column(s) {', '.join(missing)}")
+        raise ValueError(f"{where} benchmarks lack column(s) {', '.join(missing)}")
     index: dict = {}
     for i, key in enumerate(zip(*(df[k].astype(str) for k in KEY))):
         if key in index:
-            raise ValueError(f"{side}: two benchmarks share the key {dict(zip(KEY, key))}; "
+            raise ValueError(f"{where}: two benchmarks share the key {dict(zip(KEY, key))}; "
                              "cannot match them unambiguously")
         index[key] = i
     return index
