@@ -24,3 +24,15 @@ def test_run_writes_json_and_report_and_a_failed_run_keeps_them(tmp_path, capsys
     assert "left untouched" in err and "--filter" in err
     assert ((out / "benchmarks.json").read_bytes(), (out / "report.html").read_bytes()) == before
     assert not list(out.glob(".benchmarks.*.tmp"))
+
+
+def test_ctrl_c_in_any_subcommand_is_a_message_and_exit_130(monkeypatch, capsys):
+    """A KeyboardInterrupt that reaches the dispatcher (e.g. in compare or report) is not a traceback."""
+    from revbench.cli import compare as compare_cmd
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_cmd, "main", interrupted)
+    assert cli.main(["compare", "a.json", "b.json"]) == 130
+    assert "revbench compare: interrupted" in capsys.readouterr().err

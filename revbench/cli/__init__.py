@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+EXIT_INTERRUPTED = 130     # Ctrl-C, as a shell reports SIGINT
+
 # name -> (module, one-line help)
 COMMANDS = {
     "run": ("revbench.cli.run", "run the default benchmark suite, write JSON and the HTML report"),
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"revbench: subcommand {args.command!r} is not available ({args._missing} missing)", file=sys.stderr)
         return 2
-    return int(args._main(args) or 0)
+    try:
+        return int(args._main(args) or 0)
+    except KeyboardInterrupt:       # subcommands that stop children or save state catch it first
+        print(f"\nrevbench {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
