@@ -1,7 +1,7 @@
 """The method registry: one name -> one method class, for every model kind.
 
-Built in: ``bptt`` and ``reversible`` (this package), ``bptt-fused``, ``checkpoint`` and ``gruslys``
-(``baselines``). Third-party methods register with ``@register("name")`` or the ``revbench.methods`` entry
+Built in: ``bptt`` and ``reversible`` (this package), ``bptt-fused``, ``checkpoint``, ``gruslys``,
+``torch-checkpoint`` (torch.utils.checkpoint) and ``revolve`` (the checkpoint-schedules package) (``baselines``). Third-party methods register with ``@register("name")`` or the ``revbench.methods`` entry
 point group; ``get(name, **options)`` returns a configured instance.
 """
 from __future__ import annotations
@@ -11,6 +11,8 @@ from importlib.metadata import entry_points
 
 from baselines.fused import FusedBPTT
 from baselines.plan_methods import Checkpoint, Gruslys
+from baselines.revolve import Revolve
+from baselines.torch_checkpoint import TorchCheckpoint
 from revbench.methods.bptt import BPTT
 from revbench.methods.reversible import Reversible
 
@@ -21,7 +23,8 @@ class UnknownMethodError(KeyError, ValueError):
         return str(self.args[0])
 
 
-_REGISTRY: dict[str, type] = {cls.name: cls for cls in (BPTT, Reversible, FusedBPTT, Checkpoint, Gruslys)}
+_REGISTRY: dict[str, type] = {cls.name: cls for cls in (BPTT, Reversible, FusedBPTT, Checkpoint, Gruslys,
+                                                         TorchCheckpoint, Revolve)}
 
 
 def register(name: str):
