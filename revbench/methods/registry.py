@@ -1,8 +1,9 @@
 """The method registry: one name -> one method class, for every model kind.
 
-Built in: ``bptt`` and ``reversible`` (this package), ``bptt-fused``, ``checkpoint``, ``gruslys``,
-``torch-checkpoint`` (torch.utils.checkpoint) and ``revolve`` (the checkpoint-schedules package) (``baselines``). Third-party methods register with ``@register("name")`` or the ``revbench.methods`` entry
-point group; ``get(name, **options)`` returns a configured instance.
+Built in: ``bptt`` and ``reversible`` (this package); ``bptt-fused``, ``checkpoint``, ``gruslys``,
+``torch-checkpoint`` (torch.utils.checkpoint) and ``revolve`` (the checkpoint-schedules package), in
+``baselines``. Third-party methods register with ``@register("name")`` or the ``revbench.methods`` entry point
+group; ``get(name, **options)`` returns a configured instance.
 """
 from __future__ import annotations
 
