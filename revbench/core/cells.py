@@ -16,16 +16,20 @@ the updates in the exact reverse order (for RevLSTM: h2, c2, then h1, c1).
 
 Ordinary cells follow torch.nn.GRU / torch.nn.LSTM's equations and parameter
 layout (weight_ih, weight_hh, bias_ih, bias_hh), so a fused layer can load them.
+
+Every cell's matrix products use ``linear_into``: during backward the weight and bias gradients are added in
+place into ``.grad`` (of the parameter, or of a segment's weight-dropped leaf), so a per-step backward
+(reversible backprop, recomputation, and bptt too) never materialises a weight-sized gradient beside ``.grad``.
 """
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from revbench.core.fixedpoint import from_fixed, limit_gate, quantise_gate, to_fixed
+from revbench.core.functional import linear_into
 
 CELL_TYPES = ("revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm")
 REVERSIBLE_CELLS = ("revgru", "revlstm", "nf-revgru", "nf-revlstm")
@@ -106,9 +110,9 @@ class RevGRUCell(_RevCell):
         self.reset_parameters()
 
     def _half(self, a, x, other, W):
-        zr = torch.sigmoid(F.linear(x, W[f"w{a}_x"], W[f"b{a}"]) + F.linear(other, W[f"w{a}_h"]))
+        zr = torch.sigmoid(linear_into(x, W[f"w{a}_x"], W[f"b{a}"]) + linear_into(other, W[f"w{a}_h"]))
         s, r = zr.chunk(2, dim=-1)
-        g = torch.tanh(F.linear(x, W[f"u{a}_x"], W[f"c{a}"]) + F.linear(r * other, W[f"u{a}_h"]))
+        g = torch.tanh(linear_into(x, W[f"u{a}_x"], W[f"c{a}"]) + linear_into(r * other, W[f"u{a}_h"]))
         if not self.forgets:
             return None, (1 - s) * g
         z = self._gate(s)
@@ -150,7 +154,7 @@ class RevLSTMCell(_RevCell):
         self.reset_parameters()
 
     def _gates(self, a, x, other, W):
-        pre = F.linear(x, W[f"w{a}_x"], W[f"b{a}"]) + F.linear(other, W[f"w{a}_h"])
+        pre = linear_into(x, W[f"w{a}_x"], W[f"b{a}"]) + linear_into(other, W[f"w{a}_h"])
         n = self.half
         s = torch.sigmoid(pre[:, :4 * n])
         g = torch.tanh(pre[:, 4 * n:])
@@ -203,8 +207,8 @@ class GRUCell(Cell):
 
     def step(self, x, floats, W):
         (h,) = floats
-        gi = F.linear(x, W["weight_ih"], W["bias_ih"])
-        gh = F.linear(h, W["weight_hh"], W["bias_hh"])
+        gi = linear_into(x, W["weight_ih"], W["bias_ih"])
+        gh = linear_into(h, W["weight_hh"], W["bias_hh"])
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
         h_r, h_z, h_n = gh.chunk(3, dim=-1)
         r = torch.sigmoid(i_r + h_r)
@@ -235,7 +239,7 @@ class LSTMCell(Cell):
 
     def step(self, x, floats, W):
         h, c = floats
-        gates = F.linear(x, W["weight_ih"], W["bias_ih"]) + F.linear(h, W["weight_hh"], W["bias_hh"])
+        gates = linear_into(x, W["weight_ih"], W["bias_ih"]) + linear_into(h, W["weight_hh"], W["bias_hh"])
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

@@ -83,7 +83,7 @@ class _LinearInto(Function):
         return grad_x, None, None
 
 
-def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear whose weight/bias gradients are added in place into .grad during backward."""
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return F.linear(x, weight, bias)
