@@ -1,15 +1,17 @@
 """The method registry: one name -> one method class, for every model kind.
 
 Built in: ``bptt`` and ``reversible`` (this package); ``bptt-fused``, ``checkpoint``, ``gruslys``,
-``torch-checkpoint`` (torch.utils.checkpoint) and ``revolve`` (the checkpoint-schedules package), in
-``baselines``. Third-party methods register with ``@register("name")`` or the ``revbench.methods`` entry point
-group; ``get(name, **options)`` returns a configured instance.
+``torch-checkpoint`` (torch.utils.checkpoint), ``revolve`` (the checkpoint-schedules package) and
+``compile-budget`` (torch.compile's activation memory budget), in ``baselines``. Third-party methods
+register with ``@register("name")`` or the ``revbench.methods`` entry point group; ``get(name, **options)``
+returns a configured instance.
 """
 from __future__ import annotations
 
 import json
 from importlib.metadata import entry_points
 
+from baselines.compile_budget import CompileBudget
 from baselines.fused import FusedBPTT
 from baselines.plan_methods import Checkpoint, Gruslys
 from baselines.revolve import Revolve
@@ -25,7 +27,7 @@ class UnknownMethodError(KeyError, ValueError):
 
 
 _REGISTRY: dict[str, type] = {cls.name: cls for cls in (BPTT, Reversible, FusedBPTT, Checkpoint, Gruslys,
-                                                         TorchCheckpoint, Revolve)}
+                                                         TorchCheckpoint, Revolve, CompileBudget)}
 
 
 def register(name: str):
