@@ -6,6 +6,7 @@ Each case is one method on one configuration; see revbench/measure/grids.py. Lan
 import pytest
 
 from revbench.measure.grids import GRIDS, get_grid
+from revbench.measure.fused_reference import FusedReferenceCache
 from revbench.measure.harness import BaselineCache
 from revbench.measure.seq2seq_bench import Seq2SeqBenchConfig, bptt_cache
 
@@ -32,6 +33,12 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def bptt_peaks():
     return BaselineCache()
+
+
+@pytest.fixture(scope="session")
+def fused_refs():
+    """The fused nn.LSTM/nn.GRU reference of each configuration, measured once per run."""
+    return FusedReferenceCache()
 
 
 @pytest.fixture(scope="session")

@@ -296,3 +296,41 @@ def test_encoder_decoder_records_without_optional_side_figures_render(tmp_path):
     out = tmp_path / "r.html"
     assert cli.main(["report", str(_write(tmp_path, data)), "-o", str(out)]) == 0
     assert "Encoder-decoder" in out.read_text(encoding="utf-8")
+
+
+def test_headline_sentences_per_setting_against_bptt_and_the_fused_kernel(sample):
+    from revbench.report.headline import headline_sentences
+
+    doc, path, _, page = sample
+    df = load_benchmarks(path)
+    sentences = headline_sentences(df)
+    assert len(sentences) == 2                                         # one per setting: revgru, revlstm
+    top = page.split('<nav class="toc">')[0]                           # at the top of the page
+    for s in sentences:
+        assert s.replace("'", "&#x27;") in top
+    head = headline_table(df)
+    for s, cell, kernel in zip(sentences, ("revgru", "revlstm"), ("nn.GRU", "nn.LSTM")):
+        row = head[(head["setting"] == cell) & (head["method"] == "reversible (2 bits)")].iloc[0]
+        assert s.startswith(f"{cell} at T = 140: reversible (2 bits), the smallest peak, saves "
+                            f"{100 * (1 - row['peak / bptt' + chr(39) + 's']):.1f} % of bptt’s activation memory")
+        assert f"for {row['time vs bptt (×)']:.2f}× its step time" in s
+        assert (f"saves {100 * (1 - row['peak / fused (×)']):.1f} % of the fused {kernel} step’s activation memory "
+                f"(peak {row['peak / fused (×)']:.2f}×) for {row['time vs fused (×)']:.2f}× the fused step’s time") in s
+    # the headline table's fused columns are the medians of the records' own ratios
+    recs = [b["extra_info"] for b in doc["benchmarks"] if b["extra_info"]["method"] == "checkpoint"
+            and b["extra_info"]["cell"] == "revlstm" and b["extra_info"]["seq_len"] == 140]
+    row = head[(head["setting"] == "revlstm") & (head["method"] == "checkpoint")].iloc[0]
+    assert row["peak / fused (×)"] == pytest.approx(pd.Series([r["fused_peak_ratio"] for r in recs]).median())
+    table = summary_table(df)
+    assert table["time vs fused (×)"].notna().all() and table["peak / fused (×)"].notna().all()
+
+
+def test_headline_without_fused_figures_says_why(tmp_path):
+    doc = benchjson.build_benchmark_json(cells=("revlstm",), seq_lens=(35,), forget_limits=(3,))
+    for b in doc["benchmarks"]:
+        for key in ("fused_time_ratio", "fused_peak_ratio", "fused_reference", "fused_time_s", "fused_peak_bytes"):
+            b["extra_info"][key] = None
+            b["extra_info"][f"{key}_reason"] = "the fused reference could not run: test"
+    page = render_report(_write(tmp_path, doc), tmp_path / "r.html").read_text()
+    assert ("cannot be set against the fused nn.LSTM step (the fused reference could not run: test).") in page
+    assert "n/a" in page

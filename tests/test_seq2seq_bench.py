@@ -80,3 +80,10 @@ def test_report_has_an_encoder_decoder_section_beside_the_language_model(tmp_pat
     assert section.count("<tr") == 5 and "data:image/png;base64," in section        # header + 4 rows, a figure
     lm_page = render_report(load_benchmarks(path).pipe(lambda d: split_kinds(d)[0]), tmp_path / "lm.html").read_text()
     assert "no encoder-decoder benchmarks" in lm_page
+
+
+def test_encoder_decoder_records_have_no_fused_reference(records):
+    for rec in records.values():
+        for key in ("fused_time_ratio", "fused_peak_ratio", "fused_reference", "fused_time_s", "fused_peak_bytes"):
+            assert rec[key] is None
+            assert rec[f"{key}_reason"] == "no fused kernel for the attention decoder"

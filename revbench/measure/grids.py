@@ -1,7 +1,8 @@
 """Named benchmark grids: lists of (method, options, configuration) cases that the suites parametrise over.
 
 - ``default``: a small sweep over methods x cells x sequence lengths (LSTM family at T = 35, 70, 140; GRU family at
-  T = 70) x hidden sizes x forgetting limits, plus the
+  T = 70) x hidden sizes x forgetting limits; ``torch-checkpoint`` (our step loop under torch.utils.checkpoint) and
+  ``revolve`` (budget 0.1) on the four small T = 70 configurations; plus the
   paper-sized 1-layer RevLSTM (emb = hidden = 650, batch 20, T = 70, vocab 10000) for bptt and reversible.
   Finishes within 10 minutes on 2 CPU cores. CUDA cases are included and skip on a machine without a GPU.
 - ``frontier``: the time-memory frontier at T = 1000 (1-layer LSTM, hidden 256, batch 16, vocab 2000): every baseline at
@@ -54,6 +55,9 @@ def default_grid() -> list[Case]:
     cases += _cases(pair, [small.with_(cell=c) for c in ("nf-revlstm", "nf-revgru")])
     for h in (64, 256):                                         # hidden sizes
         cases += _cases(pair, [small.with_(hidden_size=h, emb_size=h)])
+    peers = [("torch-checkpoint", {"fused": False}), ("revolve", {"budget": 0.1})]   # the tools users pick instead
+    cases += _cases(peers, [small.with_(cell=c) for c in ("revlstm", "revgru")]
+                    + [small.with_(cell=c, max_forget_bits=None) for c in ("lstm", "gru")])
     cases += _cases(pair, [BenchConfig()])                     # the paper-sized 1-layer RevLSTM (core issue)
     gpu = BenchConfig(device="cuda")
     cases += _cases(pair, [gpu]) + _cases([("bptt", {}), ("bptt-fused", {})], [gpu.with_(cell="lstm", max_forget_bits=None)])

@@ -22,6 +22,7 @@ import torch
 
 from revbench.measure import memory
 from revbench.measure.environment import environment_info
+from revbench.measure.fused_reference import no_fused_reference
 from revbench.measure.harness import BaselineCache, base_record, target_dtype
 from revbench.measure.live import LiveTensorMeter
 from revbench import methods
@@ -148,6 +149,7 @@ def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload |
         record[f"{key}_reason"] = "encoder-decoder: see the enc_/dec_ figures"
     for key in ("forward_steps", "reverse_steps", "stored_states_peak"):
         record[key] = stats.get(key)
+    no_fused_reference(record)          # no fused kernel for the attention decoder
     record.update(environment_info(cfg.device))
     return record
 

@@ -27,7 +27,7 @@ def headline_points(df):
 
     Methods with an information buffer get one row per forgetting limit (`point` = "label (3 bits)");
     the others do not depend on the forgetting limit and get the median over those configurations.
-    Columns: setting, seq_len, method_label, point, n_configs, the figures (medians), `x`, `y`
+    Columns: setting, seq_len, method_label, point, n_configs, the figures (medians; the fused ratios too), `x`, `y`
     (fraction/ratio of bptt when bptt was measured on every configuration, else MiB/ms) and `pareto`.
     The returned frame's attrs["use_ratio"] says which.
     """
@@ -36,7 +36,10 @@ def headline_points(df):
     d = plot_frame(add_relative_columns(df))
     d = d[d["peak_bytes"].notna() & d["time_median_s"].notna()]
     figures = ["peak_bytes", "peak_fraction_of_bptt", "allocator_saving", "saving_actual", "saving_ideal",
-               "time_median_s", "time_ratio_vs_bptt"]
+               "time_median_s", "time_ratio_vs_bptt", "fused_peak_ratio", "fused_time_ratio"]
+    for f in figures:       # files written before a figure existed: missing, never 0
+        if f not in d:
+            d[f] = float("nan")
     if not len(d):
         out = pd.DataFrame(columns=["setting", "seq_len", "method_label", "point", "n_configs", *figures, "x", "y",
                                     "pareto"])

@@ -21,6 +21,9 @@ h1 { font-size: 28px; margin: 8px 0 4px; }
 h2 { font-size: 21px; margin: 36px 0 8px; padding-bottom: 4px; border-bottom: 1px solid var(--line); }
 h3 { font-size: 16px; margin: 20px 0 6px; }
 p.sub { color: var(--muted); margin: 0 0 12px; }
+div.headline { margin: 0 0 12px; }
+div.headline p { margin: 0 0 4px; }
+div.headline ul { margin: 0; padding-left: 20px; }
 nav.toc { background: var(--alt); border: 1px solid var(--line); border-radius: 6px; padding: 8px 16px; }
 nav.toc ol { margin: 4px 0; padding-left: 22px; columns: 2; }
 nav.toc a { color: var(--accent); text-decoration: none; }

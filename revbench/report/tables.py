@@ -36,8 +36,15 @@ def summary_table(df):
         "paper saving, ideal bits (×)": d["saving_ideal"],
         "median time (ms)": d["time_median_s"] * 1e3,
         "time vs bptt (×)": d["time_ratio_vs_bptt"],
+        "peak / fused (×)": _column(d, "fused_peak_ratio"),
+        "time vs fused (×)": _column(d, "fused_time_ratio"),
     })
     return out.reset_index(drop=True)
+
+
+def _column(d, key):
+    """A float column of ``d`` (NaN where the file predates the figure)."""
+    return d[key].astype("float64") if key in d else [math.nan] * len(d)
 
 
 SUMMARY_HEADER_TITLES = {
@@ -47,6 +54,10 @@ SUMMARY_HEADER_TITLES = {
     "paper saving, ideal bits (×)": "saving_ideal = state_bits_baseline / buffer_bits_ideal (model level)",
     "median time (ms)": "pytest-benchmark median of the timed rounds, milliseconds",
     "time vs bptt (×)": "median time / bptt's median time on the same config_id, same run",
+    "peak / fused (×)": "fused_peak_ratio = peak_bytes / peak_bytes of the fused nn.LSTM/nn.GRU step (bptt-fused on "
+                        "the ordinary cell of the same family and sizes), same run",
+    "time vs fused (×)": "fused_time_ratio = median time / the fused step's median time (time.perf_counter, same "
+                         "rounds and warm-up), same run",
 }
 
 
@@ -66,6 +77,8 @@ def _summary_titles(df, table):
     titles["paper saving, actual bits (×)"] = reason("saving_actual", "no information buffer")
     titles["paper saving, ideal bits (×)"] = reason("saving_ideal", "no information buffer")
     titles["time vs bptt (×)"] = ["bptt not measured on this config"] * len(d)
+    titles["peak / fused (×)"] = reason("fused_peak_ratio", "fused reference not measured")
+    titles["time vs fused (×)"] = reason("fused_time_ratio", "fused reference not measured")
     for col in list(titles.columns):  # a reason only where the value is missing
         titles[col] = [t if isna(v) else None for t, v in zip(titles[col], table[col])]
     titles["config"] = list(d["name"].astype(str))  # hover over a config: the benchmark's pytest name
@@ -88,6 +101,8 @@ def headline_table(df):
         "paper saving, actual bits (×)": pts["saving_actual"],
         "median time (ms)": pts["time_median_s"] * 1e3,
         "time vs bptt (×)": pts["time_ratio_vs_bptt"],
+        "peak / fused (×)": pts["fused_peak_ratio"],
+        "time vs fused (×)": pts["fused_time_ratio"],
         "Pareto-optimal": ["yes" if p else "" for p in pts["pareto"]],
     })
 
@@ -95,7 +110,8 @@ def headline_table(df):
 _SUMMARY_FORMATS = {"peak (MiB)": lambda v: fmt_num(v, 2), "peak / bptt's": lambda v: fmt_num(v, 3),
                     "allocator saving vs bptt (×)": fmt_ratio, "paper saving, actual bits (×)": fmt_ratio,
                     "paper saving, ideal bits (×)": fmt_ratio, "median time (ms)": lambda v: fmt_num(v, 2),
-                    "time vs bptt (×)": fmt_ratio, "seq_len": fmt_int}
+                    "time vs bptt (×)": fmt_ratio, "peak / fused (×)": fmt_ratio, "time vs fused (×)": fmt_ratio,
+                    "seq_len": fmt_int}
 
 
 def summary_html(df) -> str:

@@ -17,7 +17,8 @@ the file and, in one line, what is wrong. The contract:
   FLOAT_KEYS numbers, STR_KEYS and `*_reason` strings; null marks a figure that is unavailable);
   integers fit in 64 bits; bytes (every `*_bytes` key) are >= 0 and `peak_bytes`, `live_peak_bytes`
   > 0; sizes (layers, hidden, embedding, batch, sequence and vocabulary sizes) >= 1;
-  `max_forget_bits` 1..10; work counts and bits >= 0; ratios > 0; numbers are finite.
+  `max_forget_bits` 1..10; work counts and bits >= 0; ratios > 0 (the fused ratios too); `fused_time_s` a
+  time in (0, MAX_SECONDS]; `fused_rounds` >= 1; `fused_reference` and `fused_timer` strings; numbers are finite.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ RATIOS = ("saving_actual", "saving_ideal", "buffer_efficiency", "allocator_savin
 WORK_INT = ("forward_steps", "reverse_steps", "stored_states_peak")
 ENV_STR = ("torch_version", "python_version", "platform", "device_name", "commit", "hostname", "peak_bytes_meter")
 ENV_INT = ("cpu_count",)
+# cost against the fused nn.LSTM/nn.GRU step of the same sizes (revbench.measure.fused_reference)
+FUSED_STR = ("fused_reference", "fused_timer")
+FUSED_INT = ("fused_peak_bytes", "fused_rounds")
+FUSED_RATIOS = ("fused_time_ratio", "fused_peak_ratio")
+TIME_KEYS = ("fused_time_s",)                                  # seconds per step: > 0, at most MAX_SECONDS
 
 # encoder-decoder records (kind "seq2seq", revbench.measure.seq2seq_bench): per-side figures
 SEQ2SEQ_STR = ("kind", "context")
@@ -53,11 +59,12 @@ SEQ2SEQ_FLOAT = ("enc_state_bits_baseline", "enc_buffer_bits_actual", "enc_buffe
 KIND_LM, KIND_SEQ2SEQ = "lm", "seq2seq"
 KINDS = (KIND_LM, KIND_SEQ2SEQ)
 
-INT_KEYS = IDENTITY_INT + MEMORY_BYTES + WORK_INT + ENV_INT + ("max_forget_bits",) + SEQ2SEQ_INT
-FLOAT_KEYS = BITS + RATIOS + SEQ2SEQ_FLOAT
-STR_KEYS = IDENTITY_STR + ENV_STR + SEQ2SEQ_STR
+INT_KEYS = IDENTITY_INT + MEMORY_BYTES + WORK_INT + ENV_INT + ("max_forget_bits",) + SEQ2SEQ_INT + FUSED_INT
+FLOAT_KEYS = BITS + RATIOS + SEQ2SEQ_FLOAT + FUSED_RATIOS + TIME_KEYS
+STR_KEYS = IDENTITY_STR + ENV_STR + SEQ2SEQ_STR + FUSED_STR
 RECORD_KEYS = ("record_schema",) + IDENTITY_STR + IDENTITY_INT + ("max_forget_bits",) + MEMORY_BYTES + (
-    "peak_bytes_meter",) + BITS + RATIOS + WORK_INT + ENV_STR + ENV_INT
+    "peak_bytes_meter",) + BITS + RATIOS + WORK_INT + ENV_STR + ENV_INT + FUSED_RATIOS + FUSED_STR + FUSED_INT \
+    + TIME_KEYS
 SEQ2SEQ_KEYS = SEQ2SEQ_STR + SEQ2SEQ_INT + SEQ2SEQ_FLOAT
 
 # keys a record must carry (value may be null only where the contract allows it)
@@ -70,7 +77,7 @@ REQUIRED_SEQ2SEQ_NOT_NULL = ("context", "src_len", "tgt_len")
 INT64_MAX = 2 ** 63 - 1
 SIZE_KEYS = IDENTITY_INT + ("src_len", "tgt_len")          # >= 1
 POSITIVE_BYTES = ("peak_bytes", "live_peak_bytes")        # a training step holds something; other bytes >= 0
-RATIO_KEYS = RATIOS + tuple(k for k in SEQ2SEQ_FLOAT if "saving" in k)   # > 0
+RATIO_KEYS = RATIOS + FUSED_RATIOS + tuple(k for k in SEQ2SEQ_FLOAT if "saving" in k)   # > 0
 FORGET_BITS_RANGE = (1, 10)
 MAX_DEPTH = 64          # pytest-benchmark output is about 5 levels deep
 MAX_SECONDS = 1e6       # per round (11.6 days): beyond that a time is not a measurement
@@ -307,6 +314,8 @@ def value_problem(key: str, value) -> str | None:
             return f"is {value!r}; an unavailable figure must be null with a '{key}_reason'"
         if value > INT64_MAX:
             return f"is {_show(value)}, beyond any measurement (at most 2**63)"
+        if key in TIME_KEYS and not 0 < value <= MAX_SECONDS:
+            return f"is a time per step in seconds, so it must be in (0, {MAX_SECONDS:g}], got {_show(value)}"
         if key in RATIO_KEYS and value <= 0:
             return f"is a ratio of two positive figures, so it must be > 0, got {_show(value)}"
         if value < 0:
@@ -318,7 +327,7 @@ def value_problem(key: str, value) -> str | None:
 
 
 def _int_floor(key: str) -> int:
-    if key in POSITIVE_BYTES or key in SIZE_KEYS or key == "cpu_count":
+    if key in POSITIVE_BYTES or key in SIZE_KEYS or key in ("cpu_count", "fused_rounds"):
         return 1
     if key == "max_forget_bits":
         return FORGET_BITS_RANGE[0]
