@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch.utils import _python_dispatch
 
 from revbench.core.functional import IGNORE
-from revbench.core.protocol import ChainResult, Method
+from revbench.core.protocol import ChainResult, Method, MethodUnavailable
 from revbench.core.state import Carry, LayerState
 
 _CELLS = ("lstm", "gru")
@@ -59,7 +59,7 @@ _CELLS = ("lstm", "gru")
 _BACKENDS = ("inductor", "aot_eager_decomp_partition")
 
 
-class CompileBudgetUnavailable(ValueError):
+class CompileBudgetUnavailable(MethodUnavailable):
     """compile-budget cannot run this configuration (the message says why); a benchmark skips with it."""
 
 

@@ -165,3 +165,14 @@ def test_the_default_grid_has_the_peers_on_the_small_lm_configurations():
     assert all((c.cfg.hidden_size, c.cfg.batch_size, c.cfg.seq_len, c.cfg.vocab_size) == (128, 16, 70, 2000)
                for c in peers)
     assert len({c.id for c in grid}) == len(grid)
+
+
+def test_warm_up_falls_back_to_the_whole_segment_when_options_do_not_fit_a_short_slice():
+    """torch-checkpoint with 10 chunks cannot run 2 steps: the harness warms up on the whole segment instead."""
+    from revbench import methods
+    from revbench.measure.harness import BenchConfig, measure_method
+
+    cfg = BenchConfig(cell="lstm", hidden_size=8, emb_size=8, batch_size=2, seq_len=12, max_forget_bits=None,
+                      vocab_size=20)
+    record = measure_method(methods.get("torch-checkpoint", segments=10), cfg)
+    assert record["peak_bytes"] > 0 and record["method_label"] == "torch-checkpoint(segments=10)"

@@ -16,6 +16,11 @@ from typing import Any, Protocol
 import torch
 
 
+class MethodUnavailable(ValueError):
+    """A method cannot run this configuration here (no compiler, a meter it cannot run under, ...); the message
+    says why. A benchmark case skips with it; a training run stops with it."""
+
+
 class Chain(Protocol):
     """What every chain offers a method (``revbench.models.segment.Segment``, the encoder-decoder's sides).
 

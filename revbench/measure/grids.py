@@ -81,6 +81,12 @@ def frontier_grid() -> list[Case]:
     methods = [("bptt", {}), ("bptt-fused", {}), ("checkpoint", {}), ("checkpoint", {"recursive": True})]
     for b in (0.02, 0.05, 0.1):
         methods += [("gruslys", {"budget": b, "policy": "hsm"}), ("gruslys", {"budget": b, "policy": "mixed"})]
+    # the tools a user would pick instead, swept next to ours (compile-budget skips with its reason where it
+    # cannot be metered or compiled: see its supports() and CompileBudgetUnavailable)
+    methods += [("torch-checkpoint", {"segments": k}) for k in (10, 32, 100)]
+    methods += [("torch-checkpoint", {"fused": True})]
+    methods += [("revolve", {"budget": b, "schedule": "multistage"}) for b in (0.02, 0.05, 0.1)]
+    methods += [("compile-budget", {"budget": b}) for b in (1.0, 0.5, 0.1)]
     rev = lstm.with_(cell="revlstm", max_forget_bits=3)
     return _cases(methods, [lstm], rounds=3) + _cases([("bptt", {}), ("reversible", {})], [rev], rounds=3)
 
