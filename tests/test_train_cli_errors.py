@@ -176,3 +176,11 @@ def test_edge_values_still_work(tmp_path):
                        quiet=True)
         assert res["global_step"] == 1
     assert json.loads((tmp_path / "0" / "log.jsonl").read_text().splitlines()[0])["config"]["seed"] == 0
+
+
+@pytest.mark.parametrize("method", ["torch-checkpoint", "revolve"])
+def test_train_nmt_runs_the_peer_methods(method, tmp_path, capsys):
+    """The registry's peers that run on the encoder-decoder are offered by `train nmt --method` too."""
+    rc, out, err = cli(NMT + ["--method", method, "--epochs", "1", "--out", tmp_path / method], capsys)
+    assert rc == 0, err
+    assert (tmp_path / method / "results.json").exists()

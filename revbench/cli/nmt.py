@@ -54,9 +54,9 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     """Arguments of `revbench train nmt`."""
     add_data_options(parser, NMT_CORPORA, _UNSET, "multi30k; synthetic for config tiny")
     add_model_options(parser, _UNSET, "revgru, in the encoder and the decoder",
-                      method_choices=["reversible", "bptt", "checkpoint", "gruslys"],
-                      method_note="; checkpoint and gruslys recompute each side from stored states "
-                                  "(revbench.models.seq2seq)")
+                      method_choices=["reversible", "bptt", "checkpoint", "gruslys", "torch-checkpoint", "revolve"],
+                      method_note="; checkpoint, gruslys, torch-checkpoint and revolve recompute each side from "
+                                  "stored states (revbench.models.seq2seq)")
     parser.add_argument("--context", default=_UNSET,
                         help="attention context: 'h:D', 'emb', 'emb+h:D' (default emb+h:20) or 'all'")
     add_run_control(parser, "checkpoint, results, hypotheses", resume=True, progress=True)
