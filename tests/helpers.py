@@ -45,3 +45,15 @@ def random_state(model, B, seed=5, scale=2.0):
         parts = tuple((torch.rand(s, generator=g, dtype=torch.float64) * 2 - 1) * scale for s in shapes)
         state.append(tuple(p.to(model.float_dtype()) for p in parts))
     return model.state_from_floats(state)
+
+
+def run_cli(argv, capsys):
+    """Exit status, stdout and stderr of ``revbench ARGV`` run in this process (argparse's exits included)."""
+    from revbench.cli import main as cli_main
+
+    try:
+        rc = cli_main([str(a) for a in argv])
+    except SystemExit as exc:        # argparse usage errors
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err

@@ -12,26 +12,18 @@ import textwrap
 import pytest
 import torch
 
-from revbench.cli import main as cli_main
 from revbench.tasks.integrity import CheckpointCorruptError, load_sealed, payload_digest, seal
 from revbench.tasks.lm.configs import get_config
 from revbench.tasks.lm.training import train as train_lm
 from revbench.tasks.nmt.config import make_config
 from revbench.tasks.nmt.train import train as train_nmt
+from tests.helpers import run_cli as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 NMT_ARGS = ["--config", "tiny", "--max-train", "48", "--epochs", "2"]
 
 
-def cli(argv, capsys):
-    """Exit status, stdout and stderr of ``revbench ARGV`` run in this process."""
-    try:
-        rc = cli_main([str(a) for a in argv])
-    except SystemExit as exc:        # argparse usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def error_line(err: str) -> str:

@@ -15,21 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from revbench.cli import main as cli_main
+from tests.helpers import run_cli as cli
 
 SMALL = "bptt-s2s-gru-all"          # one encoder-decoder case, bptt only (no reference measurement)
 NO_CASE = "bptt-gru-L1-H64"         # matches no case of the default grid
 EARLIER = {"benchmarks.json": b'{"earlier": "results"}\n', "report.html": b"<html>earlier report</html>\n"}
 
 
-def cli(argv, capsys):
-    """Exit status, stdout and stderr of ``revbench ARGV`` run in this process."""
-    try:
-        rc = cli_main([str(a) for a in argv])
-    except SystemExit as exc:        # argparse usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def error_line(err: str) -> str:

@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from revbench.cli import main as cli_main
 from revbench.tasks.lm.configs import get_config
 from revbench.tasks.lm.training import train as train_lm
 from revbench.tasks.nmt.config import make_config
 from revbench.tasks.nmt.train import train as train_nmt
+from tests.helpers import run_cli as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,13 +18,6 @@ NMT = ["train", "nmt", "--config", "tiny", "--max-train", "48", "--quiet", "--no
 LM = ["train", "lm", "--config", "tiny", "--quiet", "--max-steps", "2"]
 
 
-def cli(argv, capsys):
-    try:
-        rc = cli_main([str(a) for a in argv])
-    except SystemExit as exc:        # argparse usage errors
-        rc = exc.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def last_line(err: str) -> str:
