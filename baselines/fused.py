@@ -48,35 +48,44 @@ class FusedBPTT(Method):
         if grad_end is not None or grad_start:
             raise ValueError("method 'bptt-fused' runs one whole language-model segment; it cannot take or "
                              "return gradients at the segment's ends")
-        model, kind, masks = seg.model, seg.model.cell_type, seg.masks
-        x = embedding_into(model.encoder.weight, seg.inputs, masks.emb_rows)          # (T, B, E)
-        if masks.inputs is not None:
-            x = x * masks.inputs
-        sizes = model.hidden_sizes
-        groups = [list(range(len(sizes)))]
-        if len(sizes) > 1 and (any(m is not None for m in masks.between) or len(set(sizes)) > 1):
-            groups = [[l] for l in range(len(sizes))]
-        finals = [None] * len(sizes)
-        for group in groups:
-            weights = [seg.weight_leaves[l][name] for l in group
-                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            n_parts = len(model.cells[group[0]].parts)
-            hx = [torch.stack([carry.layers[l].floats[i] for l in group]) for i in range(n_parts)]
-            x, hn = _fused(kind, x, hx, weights, len(group), seg.lengths)
-            for k, l in enumerate(group):
-                finals[l] = LayerState(None, tuple(h[k] for h in hn), None)
-            last = group[-1]
-            if last < len(sizes) - 1 and masks.between and masks.between[last] is not None:
-                x = x * masks.between[last]
-        if masks.outputs is not None:
-            x = x * masks.outputs
-        logits = linear_into(x, model.decoder.weight, model.decoder.bias)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.targets.reshape(-1), reduction="sum",
-                               ignore_index=IGNORE) / seg.n_tokens
-        loss.backward()
+        final, loss, logits = fused_steps(seg, carry, 0, seg.T, seg.lengths)
+        loss.backward()          # logits stay referenced through it, as in a user's step (the measured peak)
+        del logits
         T = seg.T
-        return ChainResult(loss=loss.detach(), final=Carry(tuple(finals)),
+        return ChainResult(loss=loss.detach(), final=final,
                            stats={"forward_steps": T, "stored_states_peak": T, "graph_steps_peak": T})
+
+
+def fused_steps(seg, carry, a: int, b: int, lengths):
+    """Steps a .. b-1 of a language-model segment through the fused kernel, output layer and loss included:
+    (state b as a Carry, the steps' loss: the sum of their token cross-entropies / the segment's tokens, and
+    the logits). ``lengths``: valid steps per batch row counted from step a (None: all valid)."""
+    model, masks = seg.model, seg.masks
+    x = embedding_into(model.encoder.weight, seg.inputs[a:b], masks.emb_rows)          # (n, B, E)
+    if masks.inputs is not None:
+        x = x * masks.inputs
+    sizes = model.hidden_sizes
+    groups = [list(range(len(sizes)))]
+    if len(sizes) > 1 and (any(m is not None for m in masks.between) or len(set(sizes)) > 1):
+        groups = [[l] for l in range(len(sizes))]
+    finals = [None] * len(sizes)
+    for group in groups:
+        weights = [seg.weight_leaves[l][name] for l in group
+                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        n_parts = len(model.cells[group[0]].parts)
+        hx = [torch.stack([carry.layers[l].floats[i] for l in group]) for i in range(n_parts)]
+        x, hn = _fused(model.cell_type, x, hx, weights, len(group), lengths)
+        for k, l in enumerate(group):
+            finals[l] = LayerState(None, tuple(h[k] for h in hn), None)
+        last = group[-1]
+        if last < len(sizes) - 1 and masks.between and masks.between[last] is not None:
+            x = x * masks.between[last]
+    if masks.outputs is not None:
+        x = x * masks.outputs
+    logits = linear_into(x, model.decoder.weight, model.decoder.bias)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.targets[a:b].reshape(-1), reduction="sum",
+                           ignore_index=IGNORE) / seg.n_tokens
+    return Carry(tuple(finals)), loss, logits
 
 
 def _fused(kind, x, hx, weights, layers, lengths):

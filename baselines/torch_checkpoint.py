@@ -36,15 +36,12 @@ from __future__ import annotations
 import numbers
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from revbench.core.functional import IGNORE, embedding_into, linear_into
 from revbench.core.protocol import ChainResult, Method
-from revbench.core.state import Carry, LayerState
 
 from baselines.checkpointing import default_segments, piece_bounds
-from baselines.fused import _KERNELS, _fused
+from baselines.fused import _KERNELS, fused_steps
 
 
 def _loop_chunk(chain, a: int, b: int, carry):
@@ -58,7 +55,6 @@ def _loop_chunk(chain, a: int, b: int, carry):
 
 def _fused_chunk(seg, a: int, b: int, carry):
     """Steps a .. b-1 of a language-model segment through the fused kernel: (state b, [the chunk's loss])."""
-    model, masks = seg.model, seg.masks
     lengths = None
     if seg.lengths is not None:
         lengths = (seg.lengths - a).clamp(0, b - a)
@@ -67,31 +63,8 @@ def _fused_chunk(seg, a: int, b: int, carry):
         if bool((lengths == b - a).all()):
             lengths = None
     seg.counters["forward_steps"] += b - a            # counted on every run: the recomputation too
-    x = embedding_into(model.encoder.weight, seg.inputs[a:b], masks.emb_rows)          # (n, B, E)
-    if masks.inputs is not None:
-        x = x * masks.inputs
-    sizes = model.hidden_sizes
-    groups = [list(range(len(sizes)))]
-    if len(sizes) > 1 and (any(m is not None for m in masks.between) or len(set(sizes)) > 1):
-        groups = [[l] for l in range(len(sizes))]
-    finals = [None] * len(sizes)
-    for group in groups:
-        weights = [seg.weight_leaves[l][name] for l in group
-                   for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-        n_parts = len(model.cells[group[0]].parts)
-        hx = [torch.stack([carry.layers[l].floats[i] for l in group]) for i in range(n_parts)]
-        x, hn = _fused(model.cell_type, x, hx, weights, len(group), lengths)
-        for k, l in enumerate(group):
-            finals[l] = LayerState(None, tuple(h[k] for h in hn), None)
-        last = group[-1]
-        if last < len(sizes) - 1 and masks.between and masks.between[last] is not None:
-            x = x * masks.between[last]
-    if masks.outputs is not None:
-        x = x * masks.outputs
-    logits = linear_into(x, model.decoder.weight, model.decoder.bias)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seg.targets[a:b].reshape(-1), reduction="sum",
-                           ignore_index=IGNORE) / seg.n_tokens
-    return Carry(tuple(finals)), [loss]
+    final, loss, _ = fused_steps(seg, carry, a, b, lengths)
+    return final, [loss]
 
 
 class TorchCheckpoint(Method):
