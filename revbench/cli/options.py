@@ -178,3 +178,23 @@ def add_grid_control(p: argparse.ArgumentParser, unit: str, kept: str = "") -> N
 
 def add_report_only(p: argparse.ArgumentParser, source: str) -> None:
     p.add_argument("--report-only", action="store_true", help=f"train nothing: rebuild the report from {source}")
+
+
+def add_tasks(parser: argparse.ArgumentParser, tasks) -> None:
+    """Subcommands of a command that takes a task (``train lm|nmt``, ``reproduce lm|repeat|nmt``): ``tasks`` is a
+    list of (name, help, description or None, configure(parser), main(args)); ``run_task`` dispatches them."""
+    sub = parser.add_subparsers(dest="task", metavar="TASK")
+    for name, help_text, description, configure, main in tasks:
+        p = sub.add_parser(name, help=help_text, **({"description": description} if description else {}))
+        configure(p)
+        p.set_defaults(_task_main=main)
+    parser.set_defaults(_print_help=parser.print_help)
+
+
+def run_task(args) -> int:
+    """Run the task ``add_tasks`` wired, or print the help (exit 2) when none was named."""
+    if getattr(args, "task", None) is None:
+        args._print_help()
+        return EXIT_BAD_INPUT
+    return int(args._task_main(args) or 0)
+

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from revbench.cli import nmt
-from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device,
+from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device, add_tasks,
                                   add_epochs, add_grid_control, add_report_only, add_run_control, add_seed,
-                                  add_threads, command_line, say_quiet)
+                                  add_threads, command_line, run_task, say_quiet)
 
 
 def _csv(text: str) -> list[str]:
@@ -188,23 +188,14 @@ def main_repeat(args) -> int:
 
 # ------------------------------------------------------------------------------------------- protocol
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="task", metavar="TASK")
-    p = sub.add_parser("lm", help="Table 1: the language-model grid (PTB, WikiText-2)",
-                       description="Train the Table-1 grid and write the table, records and report.")
-    configure_lm(p)
-    p.set_defaults(_task_main=main_lm)
-    p = sub.add_parser("repeat", help="section 4: the repeat task, accuracy against sequence length",
-                       description="Train every model at every length on the repeat task; figure, CSV, report.")
-    configure_repeat(p)
-    p.set_defaults(_task_main=main_repeat)
-    p = sub.add_parser("nmt", help="the NMT grid (revbench.cli.nmt)")
-    nmt.configure_reproduce(p)
-    p.set_defaults(_task_main=nmt.main_reproduce)
-    parser.set_defaults(_print_help=parser.print_help)
+    add_tasks(parser, [
+        ("lm", "Table 1: the language-model grid (PTB, WikiText-2)",
+         "Train the Table-1 grid and write the table, records and report.", configure_lm, main_lm),
+        ("repeat", "section 4: the repeat task, accuracy against sequence length",
+         "Train every model at every length on the repeat task; figure, CSV, report.", configure_repeat,
+         main_repeat),
+        ("nmt", "the NMT grid (revbench.cli.nmt)", None, nmt.configure_reproduce, nmt.main_reproduce),
+    ])
 
 
-def main(args) -> int:
-    if getattr(args, "task", None) is None:
-        args._print_help()
-        return EXIT_BAD_INPUT
-    return int(args._task_main(args) or 0)
+main = run_task

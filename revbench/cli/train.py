@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from revbench.cli import nmt
-from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device,
+from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device, add_tasks,
                                   add_epochs, add_model_options, add_overrides, add_run_control, add_seed,
                                   add_threads, count_int, given, model_overrides, non_negative_float,
-                                  table_fields)
+                                  run_task, table_fields)
 
 _UNSET = None   # argparse default for "not given": the config's value is kept
 
@@ -139,19 +139,11 @@ def main_lm(args) -> int:
 
 # ------------------------------------------------------------------------------------------- protocol
 def configure(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="task", metavar="TASK")
-    p = sub.add_parser("lm", help="train a language model (PTB, WikiText-2, synthetic)",
-                       description="Train a language model AWD-style with any training method.")
-    configure_lm(p)
-    p.set_defaults(_task_main=main_lm)
-    p = sub.add_parser("nmt", help="train a translation model (revbench.cli.nmt)")
-    nmt.configure_train(p)
-    p.set_defaults(_task_main=nmt.main_train)
-    parser.set_defaults(_print_help=parser.print_help)
+    add_tasks(parser, [
+        ("lm", "train a language model (PTB, WikiText-2, synthetic)",
+         "Train a language model AWD-style with any training method.", configure_lm, main_lm),
+        ("nmt", "train a translation model (revbench.cli.nmt)", None, nmt.configure_train, nmt.main_train),
+    ])
 
 
-def main(args) -> int:
-    if getattr(args, "task", None) is None:
-        args._print_help()
-        return EXIT_BAD_INPUT
-    return int(args._task_main(args) or 0)
+main = run_task
