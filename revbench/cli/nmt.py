@@ -15,7 +15,7 @@ from pathlib import Path
 from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, NMT_CORPORA, add_data_options, add_epochs,
                                   add_grid_control, add_model_options, add_overrides, add_run_control, add_seed,
                                   add_threads, command_line, count_int, finite_float, given, model_overrides,
-                                  say_quiet, table_fields)
+                                  run_training, say_quiet, table_fields)
 
 _UNSET = object()
 
@@ -67,7 +67,6 @@ def main_train(args: argparse.Namespace) -> int:
     """`revbench train nmt`: train one model, print test BLEU; exit 0 on success."""
     import torch
 
-    from revbench.core.fixedpoint import FixedPointOverflowError
     from revbench.tasks.datasets import DataError
     from revbench.tasks.nmt.config import make_config
     from revbench.tasks.nmt.train import CheckpointError, train
@@ -85,20 +84,15 @@ def main_train(args: argparse.Namespace) -> int:
     if over.get("cell") in ("gru", "lstm"):
         over.setdefault("max_forget_bits", None)
         over.setdefault("context", "all")
-    try:
+    def run():
         cfg = make_config(args.config, **over)
-        res = train(cfg, args.out, resume=args.resume, data_dir=args.data_dir, verify=not args.no_verify,
-                    progress=False if args.no_progress or args.quiet else None, log=say_quiet(args.quiet))
-    except (ValueError, FileNotFoundError, DataError, CheckpointError) as exc:
-        print(f"revbench train nmt: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (FloatingPointError, FixedPointOverflowError) as exc:
-        print(f"revbench train nmt: training diverged: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"\nrevbench train nmt: interrupted; continue with the same command and --resume "
-              f"(from the last checkpoint in {args.out})", file=sys.stderr)
-        return 130
+        return cfg, train(cfg, args.out, resume=args.resume, data_dir=args.data_dir, verify=not args.no_verify,
+                          progress=False if args.no_progress or args.quiet else None, log=say_quiet(args.quiet))
+
+    done, rc = run_training("train nmt", args.out, (ValueError, FileNotFoundError, DataError, CheckpointError), run)
+    if rc is not None:
+        return rc
+    cfg, res = done
     print(f"revbench train nmt: done: test BLEU greedy {res['test_bleu_greedy']:.2f}, beam {cfg.beam_size} "
           f"{res['test_bleu_beam']:.2f}; results in {args.out / 'results.json'}")
     return 0

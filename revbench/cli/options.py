@@ -198,3 +198,23 @@ def run_task(args) -> int:
         return EXIT_BAD_INPUT
     return int(args._task_main(args) or 0)
 
+
+def run_training(command: str, out, bad_input: tuple, run):
+    """``run()`` a training call; returns (its result, None), or (None, exit code) after one line on stderr:
+    bad input (``bad_input`` exceptions) exit 2, divergence exit 1, Ctrl-C exit 130 with how to resume."""
+    from revbench.core.fixedpoint import FixedPointOverflowError
+
+    try:
+        return run(), None
+    except bad_input as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"revbench {command}: error: {msg}", file=sys.stderr)
+        return None, EXIT_BAD_INPUT
+    except (FloatingPointError, FixedPointOverflowError) as exc:
+        print(f"revbench {command}: training diverged: {exc}", file=sys.stderr)
+        return None, EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\nrevbench {command}: interrupted; continue with the same command and --resume "
+              f"(from the last checkpoint in {out})", file=sys.stderr)
+        return None, 130
+

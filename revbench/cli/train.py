@@ -8,13 +8,12 @@ training method of ``revbench.methods``; ``--resume`` continues from ``OUT/check
 from __future__ import annotations
 
 import argparse
-import sys
 
 from revbench.cli import nmt
-from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device, add_tasks,
+from revbench.cli.options import (LM_CORPORA, add_data_options, add_device, add_tasks,
                                   add_epochs, add_model_options, add_overrides, add_run_control, add_seed,
                                   add_threads, count_int, given, model_overrides, non_negative_float,
-                                  run_task, table_fields)
+                                  run_task, run_training, table_fields)
 
 _UNSET = None   # argparse default for "not given": the config's value is kept
 
@@ -106,29 +105,21 @@ def lm_config_from_args(args):
 
 
 def main_lm(args) -> int:
-    from revbench.tasks.datasets import DataError
-    from revbench.core.fixedpoint import FixedPointOverflowError
+    from revbench.tasks.datasets import DataError, resolve_data_dir
     from revbench.tasks.lm.checkpoints import CheckpointMismatchError, OutputExistsError
     from revbench.tasks.lm.training import train
 
-    try:
+    def run():
         cfg = lm_config_from_args(args)
         if cfg.data != "synthetic":
-            from revbench.tasks.datasets import resolve_data_dir
             resolve_data_dir(cfg.data_dir)          # a clear error before any work
-        res = train(cfg, args.out, resume=args.resume, quiet=args.quiet, progress=False if args.no_progress else None)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, DataError, CheckpointMismatchError,
-            OutputExistsError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"revbench train lm: error: {msg}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (FloatingPointError, FixedPointOverflowError) as exc:
-        print(f"revbench train lm: training diverged: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print(f"\nrevbench train lm: interrupted; continue with the same command and --resume "
-              f"(from the last checkpoint in {args.out})", file=sys.stderr)
-        return 130
+        return train(cfg, args.out, resume=args.resume, quiet=args.quiet,
+                     progress=False if args.no_progress else None)
+
+    res, rc = run_training("train lm", args.out, (ValueError, FileNotFoundError, FileExistsError, KeyError,
+                                                  DataError, CheckpointMismatchError, OutputExistsError), run)
+    if rc is not None:
+        return rc
     if res.get("stopped"):
         print(f"revbench train lm: stopped at step {res['global_step']} (--max-steps); checkpoint in {args.out}")
     else:
