@@ -133,7 +133,7 @@ class _Run:
         self.check_range(a, b)
         carry = self.source(a)
         for t in range(a, b):
-            carry, _ = self.seg.advance(t, carry, grad=False)
+            carry, _ = self.seg.advance(t, carry, grad=False, loss=False)    # no loss: thrown away
         self.stats.forward_steps += b - a
         self.work = (b, carry)
         if b == self.T:
@@ -272,7 +272,7 @@ class CountingSegment:
     def start(self, state=None):
         return _Carry(0)
 
-    def advance(self, t, carry, grad=False):
+    def advance(self, t, carry, grad=False, loss=True):
         if carry.t != t:
             raise PlanError(f"advance({t}) was given state {carry.t}")
         if not 0 <= t < self.T:

@@ -17,9 +17,10 @@ the updates in the exact reverse order (for RevLSTM: h2, c2, then h1, c1).
 Ordinary cells follow torch.nn.GRU / torch.nn.LSTM's equations and parameter
 layout (weight_ih, weight_hh, bias_ih, bias_hh), so a fused layer can load them.
 
-Every cell's matrix products use ``linear_into``: during backward the weight and bias gradients are added in
-place into ``.grad`` (of the parameter, or of a segment's weight-dropped leaf), so a per-step backward
-(reversible backprop, recomputation, and bptt too) never materialises a weight-sized gradient beside ``.grad``.
+Every cell's matrix products use ``linear_into`` (or ``gates_into``: two products and their sum in one node):
+during backward the weight and bias gradients are added in place into ``.grad`` (of the parameter, or of a
+segment's weight-dropped leaf), so a per-step backward (reversible backprop, recomputation, and bptt too) never
+materialises a weight-sized gradient beside ``.grad``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from revbench.core.fixedpoint import from_fixed, limit_gate, quantise_gate, to_fixed
-from revbench.core.functional import linear_into
+from revbench.core.functional import gates_into, linear_into
 
 CELL_TYPES = ("revgru", "revlstm", "nf-revgru", "nf-revlstm", "gru", "lstm")
 REVERSIBLE_CELLS = ("revgru", "revlstm", "nf-revgru", "nf-revlstm")
@@ -110,9 +111,9 @@ class RevGRUCell(_RevCell):
         self.reset_parameters()
 
     def _half(self, a, x, other, W):
-        zr = torch.sigmoid(linear_into(x, W[f"w{a}_x"], W[f"b{a}"]) + linear_into(other, W[f"w{a}_h"]))
+        zr = torch.sigmoid(gates_into(x, other, W[f"w{a}_x"], W[f"w{a}_h"], W[f"b{a}"]))
         s, r = zr.chunk(2, dim=-1)
-        g = torch.tanh(linear_into(x, W[f"u{a}_x"], W[f"c{a}"]) + linear_into(r * other, W[f"u{a}_h"]))
+        g = torch.tanh(gates_into(x, r * other, W[f"u{a}_x"], W[f"u{a}_h"], W[f"c{a}"]))
         if not self.forgets:
             return None, (1 - s) * g
         z = self._gate(s)
@@ -154,7 +155,7 @@ class RevLSTMCell(_RevCell):
         self.reset_parameters()
 
     def _gates(self, a, x, other, W):
-        pre = linear_into(x, W[f"w{a}_x"], W[f"b{a}"]) + linear_into(other, W[f"w{a}_h"])
+        pre = gates_into(x, other, W[f"w{a}_x"], W[f"w{a}_h"], W[f"b{a}"])
         n = self.half
         s = torch.sigmoid(pre[:, :4 * n])
         g = torch.tanh(pre[:, 4 * n:])
@@ -239,7 +240,7 @@ class LSTMCell(Cell):
 
     def step(self, x, floats, W):
         h, c = floats
-        gates = linear_into(x, W["weight_ih"], W["bias_ih"]) + linear_into(h, W["weight_hh"], W["bias_hh"])
+        gates = gates_into(x, h, W["weight_ih"], W["weight_hh"], W["bias_ih"], W["bias_hh"])
         i, f, g, o = gates.chunk(4, dim=-1)
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)

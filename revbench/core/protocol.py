@@ -32,9 +32,10 @@ class Chain(Protocol):
     varies_in_length: bool          # True where T changes from batch to batch (sentences): option bounds clamp
     needs_final: bool               # the model reads state T afterwards (False: a method may free it early)
 
-    def advance(self, t: int, carry, grad: bool = False, known=None):
+    def advance(self, t: int, carry, grad: bool = False, known=None, loss: bool = True):
         """Step t: state t -> (state t+1, the step's loss). With ``grad`` the step is recorded by autograd;
-        ``known``: the exact state t+1 when already known (a replay during reversible backprop)."""
+        ``known``: the exact state t+1 when already known (a replay during reversible backprop); ``loss=False``
+        (without ``grad``): the caller throws the loss away, the chain may skip it and return None."""
 
     def reverse(self, t: int, carry):
         """Rebuild state t exactly from state t+1 (reversible cells, built with ``keep_words``)."""

@@ -16,9 +16,17 @@ from dataclasses import dataclass
 import torch
 
 from revbench.core.buffer import GATE_ONE, buffered_div, buffered_mul, empty_buffer, is_empty
-from revbench.core.fixedpoint import (RZ, SCALE, FixedPointOverflowError, check_state, from_fixed, quantise_gate,
-                                      to_fixed)
-from revbench.core.functional import straight_through
+from revbench.core.fixedpoint import (SCALE, STATE_LIMIT, FixedPointOverflowError, check_state, forgotten_bits,
+                                      from_fixed, quantise_gate, to_fixed)
+from revbench.core.functional import scope, straight_through
+
+# Fast paths (identical results, tested in tests/test_fast_paths.py against the eager path, FAST_CHECKS = False):
+# the overflow checks of a layer-step (non-finite gates, |state| >= STATE_LIMIT) are kept as tensors and tested
+# with one host sync when the layer's step ends, instead of one sync per update; the error raised is the same.
+FAST_CHECKS = True
+# ``leaf_carry`` shares the carry's float values (== from_fixed(ints) bit for bit) instead of converting the
+# integers again (eager path: FAST_LEAVES = False).
+FAST_LEAVES = True
 
 
 @dataclass(frozen=True)
@@ -85,12 +93,15 @@ def start_carry(cells, state, batch: int, dtype, device) -> Carry:
 
 def leaf_carry(carry: Carry, dtype: torch.dtype) -> Carry:
     """A Carry with the same exact values whose float tensors are fresh autograd leaves (requires_grad):
-    the start of a recomputed stretch. Reversible layers rebuild their floats from the integers."""
+    the start of a recomputed stretch (the floats' storage is shared; eager path: reversible layers convert their
+    integers again)."""
     layers = []
     for ls in carry.layers:
-        if ls.ints is not None:
+        if ls.ints is not None and not FAST_LEAVES:
             floats = tuple(from_fixed(p, dtype).requires_grad_() for p in ls.ints)
         else:
+            # a reversible layer's floats are from_fixed(ints) already, bit for bit (the carry's invariant):
+            # share their storage instead of converting again
             floats = tuple(f.detach().requires_grad_() for f in ls.floats)
         layers.append(LayerState(ls.ints, floats, ls.bx))
     return Carry(tuple(layers))
@@ -112,11 +123,12 @@ def col(mask):
 
 
 def buffer_bits_allocated(carry: Carry, stacks) -> int:
-    """Bits the buffers of a carry allocate: 64 per live element plus each word stack's chunk capacity."""
+    """Bits the buffers of a carry allocate: the live tensor's storage (its dtype's width per element) plus
+    each word stack's chunk capacity."""
     bits = 0
     for ls, st in zip(carry.layers, stacks):
         if ls.bx is not None and st is not None:
-            bits += 64 * ls.bx.numel() + st.allocated_bits()
+            bits += 8 * ls.bx.numel() * ls.bx.element_size() + st.allocated_bits()
     return bits
 
 
@@ -139,6 +151,8 @@ class StateUpdater:
         self.stack, self.parts, self.dtype, self.mask, self.known = stack, parts, dtype, mask, known
         self.ints, self.floats, self.bx = list(ls.ints), list(ls.floats), ls.bx
         self.ideal = None
+        self.pending = [] if FAST_CHECKS else None     # deferred checks: (kind, name, flag), in update order
+        self.pending_ints = {}                          # index in pending -> the ints a "state" check tests
 
     def __call__(self, i: int, z, add):
         h_prev, m = self.floats[i], col(self.mask)
@@ -149,23 +163,20 @@ class StateUpdater:
             if z is None:
                 new = self.ints[i] + add_int
             else:
-                if not bool(torch.isfinite(z).all()):
-                    raise FixedPointOverflowError(
-                        f"non-finite forget gate in the update of {self.parts[i]}: a NaN or infinite gate would be "
-                        f"quantised to maximal forgetting; the cell's pre-activations diverged (check the "
-                        f"learning rate, or non-finite weights)")
+                self.check_gate(z, self.parts[i])
                 zq = quantise_gate(z)
                 # information forgotten: -log2 of the gate actually applied (quantised to RZ bits, clamped to
                 # [2^-RZ, 1]), not of the float gate: a float gate below 2^-RZ forgets only RZ bits
-                bits = RZ - torch.log2(zq.double())
+                bits = forgotten_bits(zq)
                 if m is not None:
                     zq = torch.where(m, zq, torch.full_like(zq, GATE_ONE))
                     bits = torch.where(m, bits, torch.zeros_like(bits))
-                new, self.bx = buffered_mul(self.ints[i], zq, self.bx, self.stack)
+                with scope("revbench.buffer"):
+                    new, self.bx = buffered_mul(self.ints[i], zq, self.bx, self.stack, mask=m)
                 new = new + add_int
                 s = bits.sum()
                 self.ideal = s if self.ideal is None else self.ideal + s
-            check_state(new, self.parts[i])
+            self.check_ints(new, self.parts[i])
         else:
             new = self.known.ints[i]
         self.ints[i] = new
@@ -179,9 +190,55 @@ class StateUpdater:
         self.floats[i] = f
         return f
 
+    # ---- overflow checks: at once (the eager path), or deferred to ``result`` as one host sync per layer-step
+    def check_gate(self, z, name: str) -> None:
+        """A non-finite forget gate would be quantised to maximal forgetting: raise (now or in ``result``)."""
+        if self.pending is None:
+            if not bool(torch.isfinite(z).all()):
+                raise _gate_error(name)
+        else:
+            self.pending.append(("gate", name, torch.isfinite(z).all()))          # True: fine
+
+    def check_ints(self, ints, name: str) -> None:
+        """``check_state(ints, name)``, now or in ``result`` (same error, same order)."""
+        if self.pending is None:
+            check_state(ints, name)
+        else:
+            self.pending_ints[len(self.pending)] = ints
+            self.pending.append(("state", name, torch.aminmax(ints)))            # (min, max)
+
+    def flush_checks(self) -> None:
+        """Run the deferred checks (one host sync); raise the first failing one's error, as the eager path would."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        oks = [flag for kind, _, flag in pending if kind == "gate"]
+        mins = [flag[0] for kind, _, flag in pending if kind == "state"]
+        maxs = [flag[1] for kind, _, flag in pending if kind == "state"]
+        bad = None
+        if mins:
+            bad = (torch.stack(maxs) >= STATE_LIMIT).logical_or_(torch.stack(mins) <= -STATE_LIMIT).any()
+        if oks:
+            gates_bad = torch.stack(oks).all().logical_not_()
+            bad = gates_bad if bad is None else bad.logical_or_(gates_bad)
+        if not bool(bad):
+            return
+        for j, (kind, name, flag) in enumerate(pending):          # the first failing check, in update order
+            if kind == "gate" and not bool(flag):
+                raise _gate_error(name)
+            if kind == "state":
+                check_state(self.pending_ints[j], name)
+
     def result(self) -> LayerState:
+        self.flush_checks()
         bx = self.known.bx if self.known is not None else self.bx
         return LayerState(tuple(self.ints), tuple(self.floats), bx)
+
+
+def _gate_error(name: str) -> FixedPointOverflowError:
+    return FixedPointOverflowError(
+        f"non-finite forget gate in the update of {name}: a NaN or infinite gate would be quantised to maximal "
+        f"forgetting; the cell's pre-activations diverged (check the learning rate, or non-finite weights)")
 
 
 class StateUndoer:
@@ -201,5 +258,6 @@ class StateUndoer:
         zq = quantise_gate(z)
         if m is not None:
             zq = torch.where(m, zq, torch.full_like(zq, GATE_ONE))
-        h, self.bx = buffered_div(h, zq, self.bx, self.stack)
+        with scope("revbench.buffer"):
+            h, self.bx = buffered_div(h, zq, self.bx, self.stack)
         return h

@@ -35,7 +35,7 @@ class Reversible(Method):
         if end is None:
             end = start
             for t in range(chain.T):
-                end, _ = chain.advance(t, end, grad=False)
+                end, _ = chain.advance(t, end, grad=False, loss=False)   # its losses are not needed
         # hold the end state only if the model reads it afterwards (a language model's next segment)
         final = end if chain.needs_final else None
         carry, grads, total, end = end, grad_end, None, None

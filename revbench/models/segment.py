@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from revbench.core.buffer import WordStack
+from revbench.core.buffer_reference import attach_lm, reference_bits, simulation_on
 from revbench.core.fixedpoint import from_fixed
-from revbench.core.functional import IGNORE, embedding_into, linear_into
+from revbench.core.functional import IGNORE, embedding_into, output_into, scope
 from revbench.core.state import (Carry, LayerState, StateUndoer, StateUpdater, buffer_bits_allocated, buffers_empty,
                                  check_float_dtype, check_lengths, col, leaf_carry, start_carry)
 
@@ -44,6 +45,8 @@ class Segment:
         self.keep_words = keep_words
         self.stacks = [WordStack(self.B * c.half, self.device) if (keep_words and c.reversible and c.forgets) else None
                        for c in model.cells]
+        if keep_words and simulation_on():     # the reference's whole-chunk buffer on the same gates (measured step)
+            attach_lm(self.stacks, [c.half for c in model.cells])
         if self.lengths is not None:
             steps = torch.arange(self.T, device=self.device).unsqueeze(1)
             self.step_masks = steps < self.lengths.to(self.device).unsqueeze(0)           # (T, B)
@@ -80,8 +83,9 @@ class Segment:
 
     # ------------------------------------------------------------------ steps
     def _embed(self, t):
-        x = embedding_into(self.model.encoder.weight, self.inputs[t], self.masks.emb_rows)
-        return x if self.masks.inputs is None else x * self.masks.inputs
+        with scope("revbench.output"):
+            x = embedding_into(self.model.encoder.weight, self.inputs[t], self.masks.emb_rows)
+            return x if self.masks.inputs is None else x * self.masks.inputs
 
     def _between(self, layer, x):
         if layer < len(self.model.cells) - 1:
@@ -89,8 +93,10 @@ class Segment:
             return x if m is None else x * m
         return x
 
-    def advance(self, t: int, carry: Carry, grad: bool = False, known: Carry | None = None):
-        """Step t: Carry(t) -> (Carry(t+1), loss_t). ``known``: the exact Carry(t+1), when already known (replay)."""
+    def advance(self, t: int, carry: Carry, grad: bool = False, known: Carry | None = None, loss: bool = True):
+        """Step t: Carry(t) -> (Carry(t+1), loss_t). ``known``: the exact Carry(t+1), when already known (replay).
+        ``loss=False`` (without ``grad`` only): skip the output layer and the loss, return (Carry(t+1), None); a
+        forward pass whose losses are thrown away (reversible backprop's) saves the step's largest matrix product."""
         self.counters["forward_steps"] += 1
         mask = None if self.step_masks is None else self.step_masks[t]
         with torch.set_grad_enabled(grad):
@@ -111,13 +117,19 @@ class Segment:
                         floats = tuple(torch.where(col(mask), f, o) for f, o in zip(floats, ls.floats))
                     new = LayerState(None, tuple(floats), None)
                 new_layers.append(new)
-                x = self._between(l, cell.output(new.floats))
+                if loss or grad or l < len(self.model.cells) - 1:     # the top layer's output feeds only the loss
+                    x = self._between(l, cell.output(new.floats))
             if ideal is not None and known is None:
                 self.ideal_bits[t] = ideal
-            if self.masks.outputs is not None:
-                x = x * self.masks.outputs
-            logits = linear_into(x, self.model.decoder.weight, self.model.decoder.bias)
-            loss = F.cross_entropy(logits, self.targets[t], reduction="sum", ignore_index=IGNORE) / self.n_tokens
+            if loss or grad:
+                with scope("revbench.output"):
+                    if self.masks.outputs is not None:
+                        x = x * self.masks.outputs
+                    logits = output_into(x, self.model.decoder.weight, self.model.decoder.bias)
+                    loss = F.cross_entropy(logits, self.targets[t], reduction="sum",
+                                           ignore_index=IGNORE) / self.n_tokens
+            else:
+                loss = None
         out = Carry(tuple(new_layers))
         if self.keep_words and known is None:
             self.buffer_bits_peak = max(self.buffer_bits_peak, self.buffer_bits_allocated(out))
@@ -185,7 +197,7 @@ class Segment:
         s = {"state_bits_baseline": baseline, "tokens": self.n_tokens, "seq_len": self.T, "batch_size": self.B,
              "forward_steps": self.counters["forward_steps"], "reverse_steps": self.counters["reverse_steps"],
              "buffer_bits_actual": None, "buffer_bits_ideal": None, "saving_actual": None, "saving_ideal": None,
-             "buffer_efficiency": None}
+             "buffer_efficiency": None, "buffer_bits_reference": None}
         if self.ideal_bits:
             ideal = float(torch.stack(list(self.ideal_bits.values())).sum())
             s["buffer_bits_ideal"] = ideal
@@ -193,6 +205,7 @@ class Segment:
         if self.keep_words and any(st is not None for st in self.stacks):
             actual = self.buffer_bits_peak
             s["buffer_bits_actual"] = actual
+            s["buffer_bits_reference"] = reference_bits(self.stacks)
             s["saving_actual"] = baseline / actual if actual else math.inf
             if s["buffer_bits_ideal"]:
                 s["buffer_efficiency"] = actual / s["buffer_bits_ideal"]

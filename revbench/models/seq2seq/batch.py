@@ -135,6 +135,7 @@ class BatchRun:
                 s["enc_context_bits_actual"], s["enc_context_bits_ideal"] = extra_a, extra_i
             s[f"{name}_buffer_bits_ideal"] = ideal
             s[f"{name}_buffer_bits_actual"] = actual
+            s[f"{name}_buffer_bits_reference"] = side.reference_bits() if (m.reversible and side.keep_words) else None
             s[f"{name}_saving_ideal"] = _ratio(base, None if ideal is None else ideal + extra_i)
             s[f"{name}_saving_actual"] = _ratio(base, None if actual is None else actual + extra_a)
         s["forward_steps"] = self.enc.counters["forward_steps"] + self.dec.counters["forward_steps"]

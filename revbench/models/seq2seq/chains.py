@@ -41,7 +41,8 @@ class SideChain:
         self.side, self.T, self.step_loss, self.on_end = side, T, step_loss, on_end
         self.counters = side.counters
 
-    def advance(self, t, carry, grad=False, known=None):
+    def advance(self, t, carry, grad=False, known=None, loss=True):
+        """Step t; the step's objective only with ``grad`` (``loss`` is accepted for the chain API)."""
         nxt, top = self.side.advance(t, carry, grad=grad, known=known)
         loss = None
         if grad:

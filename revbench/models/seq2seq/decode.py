@@ -1,5 +1,6 @@
 """Inference with the encoder-decoder: the loss of a batch without a graph, encoding a source, step-by-step
-decoding (greedy and beam search build on it), reordering carries."""
+decoding, reordering carries, and the rows a search decodes (:class:`DecodingRows`: greedy decoding and beam search
+in ``revbench.tasks.nmt.decode`` step them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -89,3 +90,32 @@ def select_carry(carry: Carry, index) -> Carry:
         return None if t is None else t.index_select(0, index)
     return Carry(tuple(LayerState(None if ls.ints is None else tuple(sel(p) for p in ls.ints),
                                   tuple(sel(f) for f in ls.floats), sel(ls.bx)) for ls in carry.layers))
+
+
+class DecodingRows:
+    """The model's side of a search: each source of a batch decoded in ``copies`` rows (row ``b * copies + k``),
+    one token per row and step. A search only calls ``step`` and ``keep``, so any object with these two methods
+    (a fixed table of log-probabilities in the tests) can stand in for the model."""
+
+    def __init__(self, model, src, src_lengths, copies: int = 1):
+        enc = encode(model, src, src_lengths)
+        B = src.shape[1]
+        self.batch_size, self.copies, self.device = B, copies, model.device
+        self.decoder = Decoder(model, B * copies)
+        self.carry = self.decoder.start(enc)
+        if copies > 1:
+            rep = torch.arange(B, device=model.device).repeat_interleave(copies)
+            self.ctx, self.mask = enc.ctx[:, rep], enc.src_mask[:, rep]
+            self.carry = select_carry(self.carry, rep)
+        else:
+            self.ctx, self.mask = enc.ctx, enc.src_mask
+
+    def step(self, tokens):
+        """Feed one token per row (``B * copies``,): (log-probabilities of the next token (rows, V), the source
+        position each row attended to most (rows,))."""
+        self.carry, logp, alpha = self.decoder.step(tokens, self.carry, self.ctx, self.mask)
+        return logp, alpha.argmax(0)
+
+    def keep(self, rows):
+        """Continue from rows ``rows`` (one index per row: beam search's reordering)."""
+        self.carry = select_carry(self.carry, rows)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 
 from revbench.core.buffer import WordStack, empty_buffer
-from revbench.core.fixedpoint import SCALE, check_state, from_fixed, to_fixed
+from revbench.core.buffer_reference import attach_seq2seq, reference_bits, simulation_on
+from revbench.core.fixedpoint import SCALE, from_fixed, to_fixed
 from revbench.core.functional import straight_through
 from revbench.core.state import (Carry, LayerState, StateUndoer, StateUpdater, buffer_bits_allocated, buffers_empty,
                                  col, leaf_carry, start_carry)
@@ -39,7 +40,7 @@ class SliceUpdater:
             s_int = to_fixed(expr)
             if m is not None:
                 s_int = torch.where(m, s_int, h_prev_i[:, :d])
-            check_state(s_int, "attention slice of h1")
+            b.check_ints(s_int, "attention slice of h1")          # now, or with the layer's other checks
         else:
             s_int = b.known.ints[0][:, :d]
         ints = torch.cat([s_int, b.ints[0][:, d:]], dim=-1)
@@ -108,6 +109,8 @@ class Side:
         self.stacks = [WordStack(batch * c.half, device) if (keep_words and c.reversible and c.forgets) else None
                        for c in cells]
         self.slice_dim = slice_dim if cells[-1].reversible else 0
+        if keep_words and simulation_on():     # the reference's buffers on this side (buffer_bits_reference)
+            attach_seq2seq(self.stacks, cells, self.slice_dim)
         T = 0 if step_masks is None else step_masks.shape[0]
         self.slices = SliceStore(T, batch, slice_dim, device) if (keep_words and self.slice_dim) else None
         self.ideal_bits: dict[int, torch.Tensor] = {}
@@ -115,6 +118,11 @@ class Side:
         self.counters = {"forward_steps": 0, "reverse_steps": 0}
 
     # ---------------------------------------------------------------- states
+
+    def reference_bits(self):
+        """The simulated reference buffer's bits on this side (None when it was not simulated)."""
+        return reference_bits(self.stacks)
+
     def start(self, state) -> Carry:
         """Carry from a user state (per layer a tuple: int64 fixed point for reversible cells)."""
         carry = start_carry(self.cells, state, self.B, self.dtype, self.device)
