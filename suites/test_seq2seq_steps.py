@@ -9,7 +9,7 @@ from revbench.measure.seq2seq_bench import Seq2SeqWorkload, add_side_savings, me
 from revbench.measure.harness import add_allocator_saving
 
 
-def test_seq2seq_step(benchmark, s2s_case, s2s_bptt):
+def test_seq2seq_step(benchmark, s2s_case, s2s_bptt, measure_options):
     case = s2s_case
     ok, why = methods.supports(case.method, case.cfg.cell, kind="seq2seq")
     if not ok:
@@ -18,7 +18,7 @@ def test_seq2seq_step(benchmark, s2s_case, s2s_bptt):
         pytest.skip("GPU benchmark: no CUDA device on this machine")
     method = methods.get(case.method, **case.options)
     wl = Seq2SeqWorkload(case.cfg)
-    record = measure_seq2seq(method, case.cfg, wl)       # memory first, outside the timed rounds
+    record = measure_seq2seq(method, case.cfg, wl, **measure_options)   # memory first, outside the timed rounds
     s2s_bptt.remember(record)
     bptt = s2s_bptt.bptt(case.cfg)
     add_allocator_saving(record, bptt.get("peak_bytes"))

@@ -9,7 +9,7 @@ from revbench.measure.fused_reference import add_fused_ratios, benchmark_median
 from revbench.measure.harness import Workload, add_allocator_saving, measure_method
 
 
-def test_step(benchmark, case, bptt_peaks, fused_refs):
+def test_step(benchmark, case, bptt_peaks, fused_refs, measure_options):
     ok, why = methods.supports(case.method, case.cfg.cell, kind="lm")
     if not ok:
         pytest.skip(why)
@@ -18,7 +18,7 @@ def test_step(benchmark, case, bptt_peaks, fused_refs):
     method = methods.get(case.method, **case.options)
     wl = Workload(case.cfg)
     try:
-        record = measure_method(method, case.cfg, wl)   # memory first, outside the timed rounds
+        record = measure_method(method, case.cfg, wl, **measure_options)   # memory first, outside the timed rounds
     except methods.MethodUnavailable as exc:            # e.g. compile-budget under the live-tensor meter
         pytest.skip(f"{case.method}: {exc}")
     bptt_peaks.remember(record)

@@ -75,7 +75,7 @@ def suite_records(one_thread):
     lstm, nf_revgru = TINY.with_(cell="lstm", max_forget_bits=None), TINY.with_(cell="nf-revgru", max_forget_bits=None)
     for method, cfg in (("reversible", TINY), ("bptt", TINY), ("bptt-fused", lstm), ("torch-checkpoint", nf_revgru)):
         bench = FakeBenchmark()
-        suite.test_step(bench, Case(method, cfg, rounds=2), bptt, refs)
+        suite.test_step(bench, Case(method, cfg, rounds=2), bptt, refs, {"profiler": "auto", "heap": True})
         out[(method, cfg.cell)] = (bench.extra_info, bench.stats.stats.median)
     return out, measured
 
@@ -88,6 +88,8 @@ def test_the_ratios_are_the_records_own_figures(suite_records):
         assert "time.perf_counter" in rec["fused_timer"] and "2 rounds" in rec["fused_timer"]
         assert rec["fused_peak_ratio"] == rec["peak_bytes"] / rec["fused_peak_bytes"]
         assert rec["fused_time_ratio"] == median / rec["fused_time_s"]
+        # the reference was timed with the thread count the method's record names (the one pinned for the session)
+        assert rec["fused_torch_num_threads"] == rec["torch_num_threads"] == 1
     # the fused step against itself: the same deterministic peak
     assert out[("bptt-fused", "lstm")][0]["fused_peak_ratio"] == 1.0
 
@@ -147,11 +149,22 @@ def test_impossible_fused_figures_are_bad_input(key, value, words):
     assert words in str(err.value)
 
 
+def test_a_reference_timed_with_other_threads_gives_no_time_ratio():
+    rec = {"peak_bytes": 100, "torch_num_threads": 1}
+    ref = {"fused_reference": "bptt-fused on x", "fused_time_s": 0.5, "fused_peak_bytes": 50, "fused_rounds": 3,
+           "fused_timer": "t", "fused_torch_num_threads": 2}
+    add_fused_ratios(rec, ref, 1.0)
+    assert rec["fused_time_ratio"] is None and "2 thread(s), the method with 1" in rec["fused_time_ratio_reason"]
+    assert rec["fused_peak_ratio"] == 2.0 and rec["fused_torch_num_threads"] == 2
+    same = add_fused_ratios({"peak_bytes": 100, "torch_num_threads": 2}, ref, 1.0)
+    assert same["fused_time_ratio"] == 2.0
+
+
 def test_fused_figures_may_be_null_or_absent():
     doc = benchjson.build_benchmark_json(cells=("revlstm",), seq_lens=(35,), forget_limits=(3,))
     no_fused_reference(doc["benchmarks"][0]["extra_info"], "because")
     for key in FUSED_KEYS:
-        doc["benchmarks"][1]["extra_info"].pop(key)
+        doc["benchmarks"][1]["extra_info"].pop(key, None)
     df = benchmarks_from_dict(doc)
     assert df["fused_time_ratio"].isna().sum() == 2 and df.loc[0, "fused_time_ratio_reason"] == "because"
 

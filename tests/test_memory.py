@@ -491,7 +491,8 @@ def test_live_meter_does_not_count_other_meters_bookkeeping():
 
 
 def test_default_meters_per_device():
-    assert [m.name for m in default_meters("cpu")] == ["rss", "saved_tensors", "live_tensors"]
+    assert [m.name for m in default_meters("cpu")] == ["nvml", "cuda_allocator", "rss", "saved_tensors",
+                                                       "live_tensors"]
     cuda = default_meters("cuda:0", params=[torch.zeros(1)])
     assert [m.name for m in cuda] == ["nvml", "cuda_allocator", "saved_tensors", "live_tensors"]
     with pytest.raises(ValueError, match="unsupported device"):
@@ -540,8 +541,10 @@ def test_protocol_errors():
 # ----------------------------------------------------------------------------------------------------------
 def test_environment_info(monkeypatch, tmp_path):
     info = environment_info("cpu")
-    assert set(info) == {"torch_version", "python_version", "platform", "device_name", "cpu_count",
-                         "commit", "hostname"}
+    assert set(info) == {"torch_version", "python_version", "platform", "device_name", "cpu_model", "cpu_count",
+                         "torch_num_threads", "commit", "hostname"}
+    assert info["torch_num_threads"] == torch.get_num_threads() >= 1
+    assert info["cpu_model"] == info["device_name"]
     assert info["torch_version"] == torch.__version__
     assert info["cpu_count"] == os.cpu_count()
     assert isinstance(info["device_name"], str) and info["device_name"]

@@ -4,9 +4,11 @@ Nothing here knows which method it measures. A ``BenchConfig`` names a model and
 synthetic segment; ``Workload`` builds them deterministically from the seed;
 ``measure_method`` warms the method up (so parameter gradients already exist, as
 in any step after the first of a training loop), then runs one step under every
-meter of ``revbench.measure.memory`` and returns the record described in the README
-("The benchmark record"). Time is not measured here: pytest-benchmark times the
-step in the suites.
+meter of ``revbench.measure.memory``, then one more identical step for each meter that
+needs a step of its own (the heap meter, torch's profiler: ``memory.measure_apart``),
+and returns the record described in the README ("The benchmark record"). Time is not
+measured here: pytest-benchmark times the step in the suites, with the thread count
+the record's ``torch_num_threads`` names.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from revbench import methods
+from revbench.core.buffer_reference import simulating
 
 from revbench.measure import memory
 from revbench.measure.environment import environment_info
@@ -118,24 +121,35 @@ def base_record(kind: str, method, cfg, figures: dict) -> dict:
     return record
 
 
-def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, warmup: int = 1) -> dict:
-    """Warm up, then measure one step of ``method`` on ``cfg`` with every meter. Returns the record."""
+def measure_method(method, cfg: BenchConfig, workload: Workload | None = None, warmup: int = 1,
+                   profiler: str = "auto", heap: bool = True, meters=None) -> dict:
+    """Warm up, then measure one step of ``method`` on ``cfg`` with every meter (``profiler``: the profiler
+    meter's mode, ``heap``: whether the heap meter runs; see ``memory.apart_meters``). ``meters``: a callable
+    ``(device, params) -> list[Meter]`` replacing ``memory.default_meters`` (e.g. without the live-tensor meter,
+    for a method that cannot run under a dispatch mode). The reference buffer is simulated in the first
+    measured step only (``buffer_bits_reference``). Returns the record."""
     wl = workload or Workload(cfg)
     for _ in range(warmup):
         wl.warm_up(method)
     gc.collect()
     params = list(wl.model.parameters())
     outs = []
-    figures = memory.measure(lambda: outs.append(wl.step(method)), memory.default_meters(cfg.device, params))
+    with simulating():
+        figures = memory.measure(lambda: outs.append(wl.step(method)),
+                                 (meters or memory.default_meters)(cfg.device, params))
     stats = outs[0].stats
     outs.clear()
+    figures.update(memory.measure_apart(lambda: wl.step(method), memory.apart_meters(cfg.device, profiler, heap)))
     record = base_record("lm", method, cfg, figures)
     for key in ("state_bits_baseline", "buffer_bits_actual", "buffer_bits_ideal", "saving_actual", "saving_ideal",
-                "buffer_efficiency", "forward_steps", "reverse_steps", "stored_states_peak"):
+                "buffer_efficiency", "forward_steps", "reverse_steps", "stored_states_peak", "buffer_bits_reference"):
         record[key] = stats.get(key)
     if record["buffer_bits_actual"] is None:
         record["buffer_bits_actual_reason"] = (
             "this method does not keep the information buffer" if cfg.reversible else "this cell has no buffer")
+    if record["buffer_bits_reference"] is None:
+        record["buffer_bits_reference_reason"] = (record.get("buffer_bits_actual_reason")
+                                                  or "no reference buffer was simulated")
     record.update(environment_info(cfg.device))
     return record
 
@@ -156,8 +170,8 @@ class BaselineCache:
     """Memoised bptt records per configuration, so every record can carry its savings against bptt.
     ``measure(cfg)`` measures bptt on a configuration (default: the language-model step)."""
 
-    def __init__(self, measure=None):
-        self._measure = measure or (lambda cfg: measure_method(methods.get("bptt"), cfg))
+    def __init__(self, measure=None, **options):
+        self._measure = measure or (lambda cfg: measure_method(methods.get("bptt"), cfg, **options))
         self._records: dict[str, dict] = {}
 
     def bptt(self, cfg) -> dict:

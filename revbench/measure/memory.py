@@ -17,7 +17,19 @@ Meters (figure names are the keys of the benchmark record, see RECORD.md), one m
 - :class:`~revbench.measure.cuda.CudaAllocatorMeter`: the CUDA caching allocator's exact peaks,
   ``cuda_peak_allocated_bytes`` and ``cuda_peak_reserved_bytes``.
 - :class:`~revbench.measure.nvml.NvmlMeter`: device and process memory sampled through NVML by a background
-  thread, ``nvml_peak_used_bytes``, ``nvml_process_peak_used_bytes`` and ``nvml_samples``.
+  thread, ``nvml_peak_used_bytes``, ``nvml_process_peak_used_bytes`` and ``nvml_samples``. On a CPU run both
+  CUDA meters' figures are written as None with the reason (:class:`~revbench.measure.meter.NotHere`).
+
+Two more meters each run in a step of their own (:func:`measure_apart`, :func:`apart_meters`), after the
+metered step, because each sees the other meters' bookkeeping (both read the process heap):
+
+- :class:`~revbench.measure.heap.HeapMeter` (Linux, glibc; CPU runs): every heap byte above the step's start at
+  its peak, ``heap_peak_bytes`` (tensor data plus autograd nodes, saved-variable records, tensor objects).
+- :class:`~revbench.measure.profiler_meter.ProfilerMeter`: torch's own meter, the PyTorch profiler's memory
+  view, ``profiler_peak_bytes`` and its category split at the peak (``profiler_activation_bytes``, ...).
+
+After warm-up a step is deterministic, so the extra steps measure the same computation: repeated steps give
+byte-identical live-tensor and profiler figures (tests/test_profiler_meter.py).
 
 The machine a record was measured on: :func:`revbench.measure.environment.environment_info`.
 """
@@ -29,13 +41,21 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from revbench.measure.cuda import CudaAllocatorMeter
+from revbench.measure.heap import HeapMeter
 from revbench.measure.live import LiveTensorMeter
-from revbench.measure.meter import Meter, as_device, param_list
+from revbench.measure.meter import Meter, NotHere, as_device, param_list
 from revbench.measure.nvml import NvmlMeter
+from revbench.measure.profiler_meter import CATEGORY_FIGURES, SPLIT_COST_REASON, ProfilerMeter
 from revbench.measure.rss import RSSMeter
 from revbench.measure.saved import SavedTensorsMeter
 
-__all__ = ["measure", "measuring", "peak_figures", "default_meters"]
+__all__ = ["measure", "measuring", "peak_figures", "default_meters", "apart_meters", "measure_apart",
+           "PROFILER_SPLITS", "AUTO_SPLIT_MAX_EVENTS"]
+
+PROFILER_SPLITS = ("auto", "split", "peak", "off")
+# "auto" computes the profiler's category split when the step made at most this many allocations and frees
+# (torch's MemoryProfile analysis costs about 0.5 ms per op: about 1 s at this size)
+AUTO_SPLIT_MAX_EVENTS = 2000
 
 
 def _check_meters(meters: Iterable[Meter]) -> list[Meter]:
@@ -115,5 +135,63 @@ def default_meters(device: str | torch.device, params: Iterable[torch.Tensor] | 
             dev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
         return [NvmlMeter(dev), CudaAllocatorMeter(dev), SavedTensorsMeter(plist), LiveTensorMeter(plist, device=dev)]
     if dev.type == "cpu":
-        return [RSSMeter(), SavedTensorsMeter(plist), LiveTensorMeter(plist, device=dev)]
+        why = ("this run is on cpu (the CUDA meters measure cuda runs only)" if torch.cuda.is_available()
+               else "no CUDA device: this run is on cpu")
+        return [NotHere("nvml", NvmlMeter.figure_names, why, NvmlMeter.nest_order),
+                NotHere("cuda_allocator", CudaAllocatorMeter.figure_names, why, CudaAllocatorMeter.nest_order),
+                RSSMeter(), SavedTensorsMeter(plist), LiveTensorMeter(plist, device=dev)]
     raise ValueError(f"unsupported device {str(dev)!r}: expected 'cpu' or 'cuda[:N]'")
+
+
+def apart_meters(device: str | torch.device, profiler: str = "auto", heap: bool = True) -> list[Meter]:
+    """The meters that each need a step of their own, for a step on ``device``: the heap meter (CPU runs;
+    on cuda its figure is None with the reason) and torch's profiler meter (``profiler``: "split" for the
+    category split, "peak" for the peak only, "auto" for the peak and, when the step is small enough to
+    afford it, the split; "off": its figures None with the reason). ``heap=False``: the heap figure is None
+    with the reason (saves a step: the heap step costs about 3-4x a plain step, the profiler's about 2x)."""
+    dev = as_device(device)
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r}: expected 'cpu' or 'cuda[:N]'")
+    if profiler not in PROFILER_SPLITS:
+        raise ValueError(f"profiler must be one of {', '.join(PROFILER_SPLITS)}, got {profiler!r}")
+    if not heap:
+        heap_meter: Meter = NotHere("heap", HeapMeter.figure_names,
+                                    "the heap meter was switched off (--revbench-heap off)")
+    elif dev.type == "cpu":
+        heap_meter = HeapMeter()
+    else:
+        heap_meter = NotHere("heap", HeapMeter.figure_names,
+                             "the heap meter counts host (malloc) memory: this run's tensors are on cuda")
+    if profiler == "off":
+        prof: Meter = NotHere("torch_profiler", ProfilerMeter.figure_names,
+                              "the profiler meter was switched off (--revbench-profiler off)")
+    else:
+        prof = ProfilerMeter(dev, split=profiler == "split")
+        prof.auto_split = profiler == "auto"
+    return [heap_meter, prof]
+
+
+def measure_apart(fn: Callable[[], Any], meters: Iterable[Meter]) -> dict[str, Any]:
+    """Run ``fn()`` once per available meter, each meter alone (nothing else measuring that step), and merge the
+    figures (an unavailable meter's: None with the reason, without a step).
+
+    A :class:`ProfilerMeter` made by :func:`apart_meters` with ``profiler="auto"`` that saw at most
+    ``AUTO_SPLIT_MAX_EVENTS`` allocations and frees runs ``fn()`` once more with the category split."""
+    out: dict[str, Any] = {}
+    for m in _check_meters(meters):
+        if not m.available()[0]:          # nothing to measure: no step is spent on it
+            out.update(m.figures())
+            continue
+        figures = measure(fn, [m])
+        if isinstance(m, ProfilerMeter) and getattr(m, "auto_split", False) and figures["profiler_peak_bytes"] \
+                is not None:
+            if m.allocations <= AUTO_SPLIT_MAX_EVENTS:
+                split = ProfilerMeter(m._device, split=True)
+                figures = measure(fn, [split])
+            else:
+                for fig in CATEGORY_FIGURES:
+                    figures[f"{fig}_reason"] = SPLIT_COST_REASON.format(
+                        why=f"the step made more than {AUTO_SPLIT_MAX_EVENTS} allocations and frees, the most "
+                            "that auto splits")
+        out.update(figures)
+    return out

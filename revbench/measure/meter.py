@@ -5,6 +5,9 @@ Every meter follows one small protocol: a ``name``, ``available() -> (bool, reas
 meter that cannot measure here reports each of its figures as ``None`` together with ``<figure>_reason`` (a
 string saying why); it never reports 0 for "unavailable".
 
+:class:`NotHere` stands in for a meter that cannot apply to a run at all (the CUDA meters on a CPU run), so its
+figures are still written: None, with the reason.
+
 Helpers: :func:`as_device` (a device argument), :func:`param_list` (a ``params`` argument) and
 :func:`storage_of` (a tensor's untyped storage).
 """
@@ -14,7 +17,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["Meter", "as_device", "param_list", "storage_of"]
+__all__ = ["Meter", "NotHere", "as_device", "param_list", "storage_of"]
 
 
 class Meter:
@@ -110,6 +113,23 @@ class Meter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+class NotHere(Meter):
+    """A meter that does not apply here: every one of ``figure_names`` is None with ``reason`` (e.g. the CUDA
+    allocator's and NVML's figures on a CPU run: "no CUDA device: this run is on cpu")."""
+
+    def __init__(self, name: str, figure_names: Iterable[str], reason: str, nest_order: int = 50):
+        super().__init__()
+        if not reason:
+            raise ValueError("NotHere needs a reason")
+        self.name = name
+        self.figure_names = tuple(figure_names)
+        self.nest_order = nest_order
+        self._reason = reason
+
+    def _check(self) -> tuple[bool, str]:
+        return False, self._reason
 
 
 def as_device(device: str | torch.device | None) -> torch.device | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from revbench.core.buffer_reference import simulating
 from revbench.measure import memory
 from revbench.measure.environment import environment_info
 from revbench.measure.fused_reference import no_fused_reference
@@ -31,7 +32,8 @@ from revbench.models.seq2seq import Seq2Seq
 KIND = "seq2seq"
 SIDE_FIGURES = ("enc_state_bits_baseline", "enc_buffer_bits_actual", "enc_buffer_bits_ideal", "enc_context_bits_actual",
                 "enc_saving_actual", "enc_saving_ideal", "dec_state_bits_baseline", "dec_buffer_bits_actual",
-                "dec_buffer_bits_ideal", "dec_saving_actual", "dec_saving_ideal")
+                "dec_buffer_bits_ideal", "dec_saving_actual", "dec_saving_ideal", "enc_buffer_bits_reference",
+                "dec_buffer_bits_reference")
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,11 @@ class Seq2SeqWorkload:
         return out
 
 
-def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload | None = None) -> dict:
-    """Warm up, then measure one training step of ``method`` on ``cfg`` with every meter. Returns the record."""
+def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload | None = None,
+                    profiler: str = "auto", heap: bool = True) -> dict:
+    """Warm up, then measure one training step of ``method`` on ``cfg`` with every meter, then one identical step
+    for each meter that needs a step of its own (the heap meter unless ``heap=False``, torch's profiler in mode
+    ``profiler``: see ``memory.apart_meters``). Returns the record."""
     wl = workload or Seq2SeqWorkload(cfg)
     wl.warm_up(method)
     gc.collect()
@@ -124,9 +129,11 @@ def measure_seq2seq(method, cfg: Seq2SeqBenchConfig, workload: Seq2SeqWorkload |
     def on_phase(name):
         marks.setdefault(name, live.current_bytes)
 
-    figures = memory.measure(lambda: outs.append(wl.step(method, on_phase)), meters)
+    with simulating():          # the reference buffer, in the measured step only (enc_/dec_buffer_bits_reference)
+        figures = memory.measure(lambda: outs.append(wl.step(method, on_phase)), meters)
     stats = outs[0].stats
     outs.clear()
+    figures.update(memory.measure_apart(lambda: wl.step(method), memory.apart_meters(cfg.device, profiler, heap)))
     record = base_record(KIND, method, cfg, figures)
     record["seq_len"] = cfg.src_len + cfg.tgt_len
     if figures.get("live_peak_bytes") is not None and {"start", "encoded", "decoded"} <= set(marks):
@@ -169,9 +176,10 @@ def add_side_savings(record: dict, bptt: dict | None) -> dict:
     return record
 
 
-def bptt_cache() -> BaselineCache:
-    """``revbench.measure.harness.BaselineCache`` of encoder-decoder bptt records."""
-    return BaselineCache(measure=lambda cfg: measure_seq2seq(methods.get("bptt"), cfg))
+def bptt_cache(**options) -> BaselineCache:
+    """``revbench.measure.harness.BaselineCache`` of encoder-decoder bptt records (``options``: measure_seq2seq's
+    ``profiler`` and ``heap``)."""
+    return BaselineCache(measure=lambda cfg: measure_seq2seq(methods.get("bptt"), cfg, **options))
 
 
 __all__ = ["KIND", "Seq2SeqBenchConfig", "Seq2SeqWorkload", "measure_seq2seq", "add_side_savings",

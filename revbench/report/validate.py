@@ -17,8 +17,10 @@ the file and, in one line, what is wrong. The contract:
   FLOAT_KEYS numbers, STR_KEYS and `*_reason` strings; null marks a figure that is unavailable);
   integers fit in 64 bits; bytes (every `*_bytes` key) are >= 0 and `peak_bytes`, `live_peak_bytes`
   > 0; sizes (layers, hidden, embedding, batch, sequence and vocabulary sizes) >= 1;
-  `max_forget_bits` 1..10; work counts and bits >= 0; ratios > 0 (the fused ratios too); `fused_time_s` a
-  time in (0, MAX_SECONDS]; `fused_rounds` >= 1; `fused_reference` and `fused_timer` strings; numbers are finite.
+  `max_forget_bits` 1..10; work counts and bits >= 0 (`buffer_bits_reference` too); ratios > 0 (the fused
+  ratios too); `fused_time_s` a time in (0, MAX_SECONDS]; `fused_rounds` >= 1; `torch_num_threads` and
+  `fused_torch_num_threads` integers >= 1; `fused_reference`, `fused_timer` and `cpu_model` strings; the profiler
+  and heap meters' figures (`profiler_*_bytes`, `heap_peak_bytes`) bytes >= 0; numbers are finite.
 """
 from __future__ import annotations
 
@@ -49,19 +51,29 @@ FUSED_INT = ("fused_peak_bytes", "fused_rounds")
 FUSED_RATIOS = ("fused_time_ratio", "fused_peak_ratio")
 TIME_KEYS = ("fused_time_s",)                                  # seconds per step: > 0, at most MAX_SECONDS
 
+# keys of this round: threads and CPU (revbench.measure.environment), torch's profiler meter and the heap meter
+# (revbench.measure.profiler_meter, revbench.measure.heap; bytes >= 0 by their `_bytes` suffix), the reference
+# buffer scheme's bits
+THREAD_INT = ("torch_num_threads", "fused_torch_num_threads")          # >= 1
+CPU_STR = ("cpu_model",)
+METER_BYTES = ("profiler_peak_bytes", "profiler_activation_bytes", "profiler_gradient_bytes",
+               "profiler_parameter_bytes", "profiler_temporary_bytes", "profiler_other_bytes", "heap_peak_bytes")
+REFERENCE_BITS = ("buffer_bits_reference",)                             # >= 0, may be fractional
+
 # encoder-decoder records (kind "seq2seq", revbench.measure.seq2seq_bench): per-side figures
 SEQ2SEQ_STR = ("kind", "context")
 SEQ2SEQ_INT = ("src_len", "tgt_len", "enc_held_bytes", "dec_held_bytes")
 SEQ2SEQ_FLOAT = ("enc_state_bits_baseline", "enc_buffer_bits_actual", "enc_buffer_bits_ideal",
                  "enc_context_bits_actual", "enc_saving_actual", "enc_saving_ideal", "dec_state_bits_baseline",
                  "dec_buffer_bits_actual", "dec_buffer_bits_ideal", "dec_saving_actual", "dec_saving_ideal",
-                 "enc_allocator_saving", "dec_allocator_saving")
+                 "enc_allocator_saving", "dec_allocator_saving", "enc_buffer_bits_reference", "dec_buffer_bits_reference")
 KIND_LM, KIND_SEQ2SEQ = "lm", "seq2seq"
 KINDS = (KIND_LM, KIND_SEQ2SEQ)
 
-INT_KEYS = IDENTITY_INT + MEMORY_BYTES + WORK_INT + ENV_INT + ("max_forget_bits",) + SEQ2SEQ_INT + FUSED_INT
-FLOAT_KEYS = BITS + RATIOS + SEQ2SEQ_FLOAT + FUSED_RATIOS + TIME_KEYS
-STR_KEYS = IDENTITY_STR + ENV_STR + SEQ2SEQ_STR + FUSED_STR
+INT_KEYS = IDENTITY_INT + MEMORY_BYTES + WORK_INT + ENV_INT + ("max_forget_bits",) + SEQ2SEQ_INT + FUSED_INT \
+    + THREAD_INT + METER_BYTES
+FLOAT_KEYS = BITS + RATIOS + SEQ2SEQ_FLOAT + FUSED_RATIOS + TIME_KEYS + REFERENCE_BITS
+STR_KEYS = IDENTITY_STR + ENV_STR + SEQ2SEQ_STR + FUSED_STR + CPU_STR
 RECORD_KEYS = ("record_schema",) + IDENTITY_STR + IDENTITY_INT + ("max_forget_bits",) + MEMORY_BYTES + (
     "peak_bytes_meter",) + BITS + RATIOS + WORK_INT + ENV_STR + ENV_INT + FUSED_RATIOS + FUSED_STR + FUSED_INT \
     + TIME_KEYS
@@ -304,7 +316,7 @@ def value_problem(key: str, value) -> str | None:
         hi = FORGET_BITS_RANGE[1] if key == "max_forget_bits" else INT64_MAX
         if not lo <= value <= hi:
             what = ("bytes" if key.endswith("_bytes") else "a size" if key in SIZE_KEYS else
-                    "bits" if key == "max_forget_bits" else "a count")
+                    "bits" if key == "max_forget_bits" else "threads" if key in THREAD_INT else "a count")
             return f"must be an integer from {lo} to {'2**63-1' if hi == INT64_MAX else hi} ({what}) or null, " \
                    f"got {_show(value)}"
     elif key in FLOAT_KEYS:
@@ -327,7 +339,7 @@ def value_problem(key: str, value) -> str | None:
 
 
 def _int_floor(key: str) -> int:
-    if key in POSITIVE_BYTES or key in SIZE_KEYS or key in ("cpu_count", "fused_rounds"):
+    if key in POSITIVE_BYTES or key in SIZE_KEYS or key in ("cpu_count", "fused_rounds") + THREAD_INT:
         return 1
     if key == "max_forget_bits":
         return FORGET_BITS_RANGE[0]
