@@ -76,3 +76,33 @@ def setting_labels(df):
             parts.append(f"{_DIM_PREFIX[d]}{row[d]}" if d in _DIM_PREFIX else str(row[d]))
         return " ".join(parts)
     return df.apply(label, axis=1) if len(df) else df["cell"].astype(str)
+
+
+def short_label(label: str) -> str:
+    """A compact method label for figures and sentences: 'gruslys(budget=0.1, policy=hsm)' -> 'gruslys(b=0.1, hsm)',
+    'revolve(budget=0.1, schedule=revolve)' -> 'revolve(b=0.1)'. Option values are kept: they tell methods apart."""
+    label = str(label)
+    m = re.fullmatch(r"([^()]+)\((.*)\)", label)
+    if not m:
+        return label
+    fam, opts = m.group(1).strip(), []
+    for part in (p.strip() for p in m.group(2).split(",") if p.strip()):
+        key, _, value = part.partition("=")
+        if key == "budget":
+            opts.append(f"b={value}")
+        elif key in ("policy", "schedule"):
+            if value != fam:
+                opts.append(value)
+        else:
+            opts.append(part)
+    return f"{fam}({', '.join(opts)})" if opts else fam
+
+
+def short_labels(labels: Iterable[str]) -> dict:
+    """label -> short label, distinct for distinct labels (a short form two labels share falls back to the full one)."""
+    labels = list(dict.fromkeys(str(x) for x in labels))
+    short = {label: short_label(label) for label in labels}
+    seen: dict = {}
+    for label, s in short.items():
+        seen.setdefault(s, []).append(label)
+    return {label: (s if len(seen[s]) == 1 else label) for label, s in short.items()}

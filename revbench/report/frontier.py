@@ -36,13 +36,13 @@ def headline_points(df):
     d = plot_frame(add_relative_columns(df))
     d = d[d["peak_bytes"].notna() & d["time_median_s"].notna()]
     figures = ["peak_bytes", "peak_fraction_of_bptt", "allocator_saving", "saving_actual", "saving_ideal",
-               "time_median_s", "time_ratio_vs_bptt", "fused_peak_ratio", "fused_time_ratio"]
+               "time_median_s", "time_iqr_s", "time_ratio_vs_bptt", "fused_peak_ratio", "fused_time_ratio"]
     for f in figures:       # files written before a figure existed: missing, never 0
         if f not in d:
             d[f] = float("nan")
     if not len(d):
-        out = pd.DataFrame(columns=["setting", "seq_len", "method_label", "point", "n_configs", *figures, "x", "y",
-                                    "pareto"])
+        out = pd.DataFrame(columns=["setting", "seq_len", "method_label", "point", "n_configs", *figures,
+                                    "iqr_fraction", "x", "y", "pareto"])
         out.attrs["use_ratio"] = False
         return out
     use_ratio = bool(d["peak_fraction_of_bptt"].notna().all() and d["time_ratio_vs_bptt"].notna().all())
@@ -60,6 +60,8 @@ def headline_points(df):
                 row = dict(setting=setting, seq_len=int(h["seq_len"].iloc[0]), method_label=label, point=point,
                            n_configs=len(h))
                 row.update({f: h[f].median() for f in figures})
+                # the noisiest configuration pooled here: its IQR / median (a pooled time is noisy when one is)
+                row["iqr_fraction"] = (h["time_iqr_s"] / h["time_median_s"]).max()
                 pieces.append(row)
     pts = pd.DataFrame(pieces)
     if use_ratio:

@@ -1,14 +1,15 @@
-"""HTML building blocks of the report: the page's CSS, DataFrame tables, embedded figures, notes, and the check
-that a fragment is self-contained (no script, nothing external)."""
+"""HTML building blocks of the report: the page's CSS, DataFrame tables (sortable), embedded SVG figures, notes,
+and the check that a fragment is self-contained (nothing external; no script but the page's own)."""
 from __future__ import annotations
 
-import base64
-import io
 import re
 from typing import Callable, Iterable, Mapping
 
 from revbench.report.format import esc, isna
-from revbench.report.plotting import third_party_warnings_visible
+from revbench.report.script import SORT_CSS
+from revbench.report.svg import SVG_CSS, figure_to_svg
+
+NOISY_MARK = "\u26a0\ufe0e"   # ⚠ in text presentation
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6475; --line:#d9dee7; --accent:#2d5fa8; --bg:#ffffff; --alt:#f5f7fb; }
@@ -53,16 +54,19 @@ ul.how code { font-size: 12.5px; }
 dl.legend { display: grid; grid-template-columns: 230px 1fr; gap: 4px 14px; font-size: 13.5px; }
 dl.legend dt { font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 12.5px; }
 dl.legend dd { margin: 0; color: var(--muted); }
+td .flag { color: #c05a00; font-weight: 700; margin-left: 3px; cursor: help; }
+p.legendline { font-size: 13px; color: var(--muted); margin: 2px 0 8px; }
+p.legendline .flag { color: #c05a00; font-weight: 700; }
 footer { margin-top: 48px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line); padding-top: 8px; }
-"""
+""" + SVG_CSS + SORT_CSS
 
 
 def dataframe_to_html_table(df, *, formats: Mapping[str, Callable | str] | None = None, titles=None,
                             header_titles: Mapping[str, str] | None = None, caption: str | None = None,
                             na_rep: str = "n/a", index: bool = False, mono: Iterable[str] = (),
                             css_class: str = "data", group_by: str | None = None, scroll: bool = False,
-                            wrap_headers: bool = False) -> str:
-    """Render a DataFrame as a styled, escaped HTML table (no jinja2, no script).
+                            wrap_headers: bool = False, sortable: bool = True, flags=None) -> str:
+    """Render a DataFrame as a styled, escaped HTML table (no jinja2).
 
     formats: column -> callable(value) -> str, or a format string such as "{:,.2f}".
     titles: a DataFrame (same index, any subset of columns) of hover texts per cell; missing
@@ -71,6 +75,9 @@ def dataframe_to_html_table(df, *, formats: Mapping[str, Callable | str] | None 
     group_by: a column whose change of value starts a visually separated group of rows.
     scroll: put the table in a box of limited height that scrolls (header stays visible).
     wrap_headers: allow long snake_case headers to break after underscores.
+    sortable: the page's script sorts the table by a clicked column (numbers by their `data-sort` value).
+    flags: a DataFrame (same index, any subset of columns) of hover texts; a cell with one gets the
+        visible marker NOISY_MARK after its value (used for noisy times).
     """
     import pandas as pd
 
@@ -82,7 +89,8 @@ def dataframe_to_html_table(df, *, formats: Mapping[str, Callable | str] | None 
     numeric = {c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])}
     numeric |= {c for c in formats if c in df.columns}  # formatted columns are numbers by construction
     wrap = "tablewrap scroll" if scroll else "tablewrap"
-    parts = [f'<div class="{wrap}"><table class="{esc(css_class)}">']
+    classes = f"{css_class} sortable" if sortable else css_class
+    parts = [f'<div class="{wrap}"><table class="{esc(classes)}">']
     if caption:
         parts.append(f"<caption>{esc(caption)}</caption>")
     parts.append("<thead><tr>")
@@ -120,23 +128,28 @@ def dataframe_to_html_table(df, *, formats: Mapping[str, Callable | str] | None 
             classes = [c for c, on in (("num", col in numeric), ("mono", col in mono)) if on]
             cls = f' class="{" ".join(classes)}"' if classes else ""
             tip_attr = f' title="{esc(tip)}"' if tip else ""
-            parts.append(f"<td{cls}{tip_attr}>{esc(text)}</td>")
+            sort_attr = f' data-sort="{_sort_value(value)}"' if col in numeric and _sort_value(value) else ""
+            flag = ""
+            if flags is not None and col in getattr(flags, "columns", ()) and not isna(flags[col].iloc[pos]):
+                flag = f'<span class="flag" title="{esc(flags[col].iloc[pos])}">{NOISY_MARK}</span>'
+            parts.append(f"<td{cls}{tip_attr}{sort_attr}>{esc(text)}{flag}</td>")
         parts.append("</tr>")
     parts.append("</tbody></table></div>")
     return "".join(parts)
 
 
-def figure_to_data_uri(fig, dpi: int = 100) -> str:
-    """PNG of a matplotlib Figure as a data: URI (rendered by Agg, nothing written to disk)."""
-    buf = io.BytesIO()
-    with third_party_warnings_visible():
-        fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def _sort_value(value) -> str:
+    """The unformatted number a sortable table sorts by ('' for what is not a finite number)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return repr(v) if v == v and v not in (float("inf"), float("-inf")) else ""
 
 
 def figure_html(fig, caption: str, how: str, alt: str) -> str:
-    """<figure> with the embedded PNG, a caption and a 'how measured' line."""
-    return (f'<figure><img src="{figure_to_data_uri(fig)}" alt="{esc(alt)}">'
+    """<figure> with the figure as inline SVG, a caption and a 'how measured' line."""
+    return (f"<figure>{figure_to_svg(fig, alt=alt)}"
             f"<figcaption>{esc(caption)}<span class=\"how\">How measured: {esc(how)}</span></figcaption></figure>")
 
 
@@ -149,10 +162,16 @@ _EXTERNAL = re.compile(r"""(?:src|href|srcset|action|poster|data)\s*=\s*["']?\s*
                        r"""url\(\s*["']?\s*(?:[a-z][a-z0-9+.-]*:)?//|@import""", re.I)
 
 
-def check_self_contained(fragment: str, what: str = "HTML") -> None:
-    """Raise ValueError if an HTML fragment has a <script> or refers to anything outside the file."""
-    if _SCRIPT.search(fragment):
-        raise ValueError(f"{what} contains a <script> element; the report must work without scripts")
+_SCRIPT_SRC = re.compile(r"<\s*script[^>]*\ssrc\s*=", re.I)
+
+
+def check_self_contained(fragment: str, what: str = "HTML", allow_inline_script: bool = False) -> None:
+    """Raise ValueError if an HTML fragment refers to anything outside the file, or has a <script> element
+    (the page's own inline script is allowed with ``allow_inline_script``; a script with `src` never is)."""
+    if _SCRIPT_SRC.search(fragment):
+        raise ValueError(f"{what} loads a script from a file (<script src=...>); the report must be one file")
+    if not allow_inline_script and _SCRIPT.search(fragment):
+        raise ValueError(f"{what} contains a <script> element; only the report's own sorting script is allowed")
     m = _EXTERNAL.search(fragment)
     if m:
         raise ValueError(f"{what} refers to an external resource ({m.group(0)!r}); embed it instead")

@@ -6,10 +6,10 @@ per method, side by side, logarithmic).
 """
 from __future__ import annotations
 
-from revbench.report.format import MIB, esc, fmt_num, fmt_ratio, method_order
-from revbench.report.how_measured import peak_how, time_how
-from revbench.report.html import dataframe_to_html_table, figure_html, note_html
-from revbench.report.plotting import new_figure, style_axes
+from revbench.report.format import MIB, esc, fmt_num, fmt_ratio, method_order, short_labels
+from revbench.report.how_measured import NOISY_LEGEND, noisy_title, peak_how, time_how
+from revbench.report.html import NOISY_MARK, dataframe_to_html_table, figure_html, note_html
+from revbench.report.plotting import new_figure, plain_log_ticks, style_axes, third_party_warnings_visible
 from revbench.report.results import add_relative_columns
 
 HEADER_TITLES = {
@@ -25,11 +25,12 @@ HEADER_TITLES = {
     "dec paper saving (×)": "dec_saving_actual: 32-bit states of every valid target token / buffer bits allocated",
     "allocator saving vs bptt (×)": "bptt's peak_bytes on the same configuration / this peak_bytes",
     "median time (ms)": "pytest-benchmark median of the timed rounds, milliseconds",
+    "IQR (ms)": "interquartile range (q3 - q1) of the timed rounds, milliseconds",
     "time vs bptt (×)": "median time / bptt's median time on the same configuration, same run",
 }
 FORMATS = {**{c: fmt_ratio for c in HEADER_TITLES if c.endswith("(×)")},
            **{c: (lambda v: fmt_num(v, 2)) for c in ("peak (MiB)", "enc held (MiB)", "dec held (MiB)",
-                                                       "median time (ms)")}}
+                                                       "median time (ms)", "IQR (ms)")}}
 
 
 def _setting(row) -> str:
@@ -56,6 +57,7 @@ def seq2seq_table(df):
         "enc paper saving (×)": d["enc_saving_actual"],
         "dec paper saving (×)": d["dec_saving_actual"],
         "median time (ms)": d["time_median_s"] * 1e3,
+        "IQR (ms)": d["time_iqr_s"] * 1e3,
         "time vs bptt (×)": d["time_ratio_vs_bptt"],
     }).reset_index(drop=True)
 
@@ -68,17 +70,29 @@ def fig_seq2seq_memory(table):
                       var_name="figure", value_name="MiB").dropna(subset=["MiB"])
     long = long[long["MiB"] > 0]
     settings = list(dict.fromkeys(table["setting"]))
-    fig, axes = new_figure(1, len(settings), 5.2, 3.8)
-    for ax, s in zip(axes[0], settings):
+    ncols = min(2, len(settings))
+    nrows = -(-len(settings) // ncols)
+    fig, axes = new_figure(nrows, ncols, 6.2, 3.6, legend_w=0.3)
+    for idx in range(nrows * ncols):
+        ax = axes[idx // ncols][idx % ncols]
+        if idx >= len(settings):
+            ax.set_visible(False)
+            continue
+        s = settings[idx]
         sub = long[long["setting"] == s]
-        sns.barplot(data=sub, x="method", y="MiB", hue="figure", ax=ax, order=list(dict.fromkeys(sub["method"])),
-                    palette="Set2")
+        with third_party_warnings_visible():
+            sns.barplot(data=sub, x="method", y="MiB", hue="figure", ax=ax, order=list(dict.fromkeys(sub["method"])),
+                        palette="Set2")
         ax.set_yscale("log")
+        plain_log_ticks(ax.yaxis, subs=(1.0, 2.0, 3.0, 5.0))
         style_axes(ax)
-        ax.set_title(s, fontsize=9)
+        ax.set_title(s, fontsize=10)
         ax.set_xlabel("")
-        ax.tick_params(axis="x", labelrotation=25, labelsize=8)
-        ax.legend(fontsize=7, title=None)
+        ax.set_ylabel("MiB (log scale)" if idx % ncols == 0 else "", fontsize=9)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=9)
+        short = short_labels(t.get_text() for t in ax.get_xticklabels())
+        ax.set_xticks(ax.get_xticks(), [short[t.get_text()] for t in ax.get_xticklabels()])
+        ax.legend(fontsize=8.5, title=None)
     return fig
 
 
@@ -97,7 +111,14 @@ def seq2seq_html(df) -> str:
     figure = figure_html(fig, "Memory of one encoder-decoder training step per method: the whole step's peak and "
                               "what each side's forward pass holds for its backward pass (log scale).", how,
                          "encoder-decoder memory per method")
-    return (figure + dataframe_to_html_table(table, formats=FORMATS, header_titles=HEADER_TITLES, group_by="setting")
+    import pandas as pd
+
+    flags = pd.DataFrame({"median time (ms)": [noisy_title(q, m) for q, m in zip(table["IQR (ms)"],
+                                                                                 table["median time (ms)"])]})
+    legend = (f'<p class="legendline"><span class="flag">{NOISY_MARK}</span> {esc(NOISY_LEGEND)}</p>'
+              if flags["median time (ms)"].notna().any() else "")
+    return (figure + dataframe_to_html_table(table, formats=FORMATS, header_titles=HEADER_TITLES, group_by="setting",
+                                             flags=flags) + legend
             + f'<p class="how">How measured: {esc(how)}</p>')
 
 

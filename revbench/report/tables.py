@@ -5,8 +5,10 @@ import math
 
 from revbench.report.format import MIB, esc, fmt_int, fmt_num, fmt_ratio, isna, method_order, setting_labels
 from revbench.report.frontier import headline_points
-from revbench.report.how_measured import METER_COLUMNS, METER_HOW, peak_how, time_how
-from revbench.report.html import dataframe_to_html_table, note_html
+from revbench.report.how_measured import (BUFFER_BITS_HOW, METER_HOW, NOISY_LEGEND, PROFILER_CATEGORIES,
+                                          PROFILER_SPLIT_HOW, cpu_text, distinct_text, noisy_title, peak_how,
+                                          time_how)
+from revbench.report.html import NOISY_MARK, dataframe_to_html_table, note_html
 from revbench.report.results import add_relative_columns, forget_order
 
 
@@ -35,6 +37,7 @@ def summary_table(df):
         "paper saving, actual bits (×)": d["saving_actual"],
         "paper saving, ideal bits (×)": d["saving_ideal"],
         "median time (ms)": d["time_median_s"] * 1e3,
+        "IQR (ms)": d["time_iqr_s"] * 1e3,
         "time vs bptt (×)": d["time_ratio_vs_bptt"],
         "peak / fused (×)": _column(d, "fused_peak_ratio"),
         "time vs fused (×)": _column(d, "fused_time_ratio"),
@@ -53,6 +56,7 @@ SUMMARY_HEADER_TITLES = {
     "paper saving, actual bits (×)": "saving_actual = state_bits_baseline / buffer_bits_actual (model level)",
     "paper saving, ideal bits (×)": "saving_ideal = state_bits_baseline / buffer_bits_ideal (model level)",
     "median time (ms)": "pytest-benchmark median of the timed rounds, milliseconds",
+    "IQR (ms)": "interquartile range (q3 - q1) of the timed rounds, milliseconds: the spread of the median beside it",
     "time vs bptt (×)": "median time / bptt's median time on the same config_id, same run",
     "peak / fused (×)": "fused_peak_ratio = peak_bytes / peak_bytes of the fused nn.LSTM/nn.GRU step (bptt-fused on "
                         "the ordinary cell of the same family and sizes), same run",
@@ -85,6 +89,27 @@ def _summary_titles(df, table):
     return titles
 
 
+def time_flags(d, column: str = "median time (ms)"):
+    """Hover texts marking the noisy median times of rows ``d`` (IQR above 20 % of the median), for the table's
+    `flags`; None where a time is steady or its IQR is missing."""
+    import pandas as pd
+
+    iqr = d["time_iqr_s"] if "time_iqr_s" in d else [math.nan] * len(d)
+    return pd.DataFrame({column: [noisy_title(q, m) for q, m in zip(iqr, d["time_median_s"])]})
+
+
+def _head_flags(df, head):
+    import pandas as pd
+
+    pts = headline_points(df)
+    frac = pts["iqr_fraction"] if "iqr_fraction" in pts else [math.nan] * len(pts)
+    return pd.DataFrame({"median time (ms)": [noisy_title(f, 1.0) for f in frac]}, index=head.index)
+
+
+def noisy_legend_html() -> str:
+    return f'<p class="legendline"><span class="flag">{NOISY_MARK}</span> {esc(NOISY_LEGEND)}</p>'
+
+
 def headline_table(df):
     """Display table: per setting at its largest seq_len, one row per method (and forgetting limit for buffered
     methods), medians over the configurations pooled; with the Pareto flag of the frontier figure."""
@@ -100,6 +125,7 @@ def headline_table(df):
         "allocator saving vs bptt (×)": pts["allocator_saving"],
         "paper saving, actual bits (×)": pts["saving_actual"],
         "median time (ms)": pts["time_median_s"] * 1e3,
+        "IQR (ms)": pts["time_iqr_s"] * 1e3,
         "time vs bptt (×)": pts["time_ratio_vs_bptt"],
         "peak / fused (×)": pts["fused_peak_ratio"],
         "time vs fused (×)": pts["fused_time_ratio"],
@@ -110,7 +136,8 @@ def headline_table(df):
 _SUMMARY_FORMATS = {"peak (MiB)": lambda v: fmt_num(v, 2), "peak / bptt's": lambda v: fmt_num(v, 3),
                     "allocator saving vs bptt (×)": fmt_ratio, "paper saving, actual bits (×)": fmt_ratio,
                     "paper saving, ideal bits (×)": fmt_ratio, "median time (ms)": lambda v: fmt_num(v, 2),
-                    "time vs bptt (×)": fmt_ratio, "peak / fused (×)": fmt_ratio, "time vs fused (×)": fmt_ratio,
+                    "IQR (ms)": lambda v: fmt_num(v, 2), "time vs bptt (×)": fmt_ratio,
+                    "peak / fused (×)": lambda v: fmt_num(v, 3), "time vs fused (×)": fmt_ratio,
                     "seq_len": fmt_int}
 
 
@@ -127,28 +154,56 @@ def summary_html(df) -> str:
                        "Pareto-optimal": "no other method in this setting is both faster and smaller"}
         head_html = ("<h3>Headline: every method at the largest seq_len of each setting</h3>"
                      + dataframe_to_html_table(head, formats=_SUMMARY_FORMATS, header_titles=head_titles,
-                                               group_by="setting")
+                                               group_by="setting", flags=_head_flags(df, head))
                      + note_html("Methods without an information buffer do not depend on the forgetting limit: "
-                                 "their row is the median over the forgetting-limit configurations."))
+                                 "their row is the median over the forgetting-limit configurations; a pooled time is "
+                                 "marked noisy when one of its configurations is."))
     table = summary_table(df)
     full = dataframe_to_html_table(table, formats=_SUMMARY_FORMATS, titles=_summary_titles(df, table),
                                    header_titles=SUMMARY_HEADER_TITLES, mono=("config",), group_by="config",
-                                   scroll=len(table) > 20)
-    return (head_html + f"<h3>All benchmarks ({len(table)})</h3>" + full
+                                   scroll=len(table) > 20, flags=time_flags(_sorted(df)))
+    return (head_html + f"<h3>All benchmarks ({len(table)})</h3>" + full + noisy_legend_html()
             + f'<p class="how">How measured: {esc(how)} Hover over n/a for the reason.</p>')
 
 
+BASE_METERS = ("peak_bytes", "live_peak_bytes", "cuda_peak_allocated_bytes", "cuda_peak_reserved_bytes",
+               "nvml_peak_used_bytes", "rss_peak_delta_bytes")
+NEW_METERS = ("profiler_peak_bytes", *(f"profiler_{c}_bytes" for c in PROFILER_CATEGORIES), "heap_peak_bytes")
+BUFFER_BITS = ("buffer_bits_actual", "buffer_bits_reference", "buffer_bits_ideal")
+
+
+def meter_columns(df) -> list[tuple[str, str, float, str]]:
+    """(record key, header, divisor, how) of every meter column of the table: the long-standing meters always,
+    the profiler's (with its category split), the heap meter and the buffer's bit counts when the file has them."""
+    cols = [(c, f"{c} (MiB)", MIB, METER_HOW[c]) for c in BASE_METERS]
+    for c in NEW_METERS:
+        if _present(df, c):
+            cat = c[len("profiler_"):-len("_bytes")]
+            how = METER_HOW.get(c) or PROFILER_SPLIT_HOW.format(cat=cat)
+            cols.append((c, f"{c} (MiB)", MIB, how))
+    cols.append(("saved_bytes", "saved_bytes (MiB)", MIB, METER_HOW["saved_bytes"]))
+    if "buffer_bits_actual" in df and df["buffer_bits_actual"].notna().any():
+        cols += [(c, f"{c} (KiB)", 8 * 1024.0, BUFFER_BITS_HOW[c]) for c in BUFFER_BITS if _present(df, c)]
+    return cols
+
+
+def _present(df, key: str) -> bool:
+    """Whether the records carry ``key``: a value or a reason in some row (a loader may add empty columns)."""
+    reason = f"{key}_reason"
+    return key in df and bool(df[key].notna().any() or (reason in df and df[reason].notna().any()))
+
+
 def meters_table(df):
-    """Table (f): every memory meter per benchmark in MiB, plus a same-shape table of hover texts for n/a cells."""
+    """Table (f): every memory meter per benchmark (MiB; buffer bits in KiB), plus a same-shape table of hover
+    texts: the record's `<key>_reason` for an n/a cell, "not recorded" where the file has no such key."""
     import pandas as pd
 
     d = _sorted(df)
     values = pd.DataFrame({"method": d["method_label"].astype(str), "config": d["config_id"].astype(str)})
     titles = pd.DataFrame(index=values.index)
     values["peak meter"] = d["peak_bytes_meter"] if "peak_bytes_meter" in d else None
-    for col in METER_COLUMNS:
-        header = f"{col} (MiB)"
-        values[header] = d[col].astype("float64") / MIB if col in d else math.nan
+    for col, header, div, _ in meter_columns(d):
+        values[header] = d[col].astype("float64") / div if col in d else math.nan
         rc = f"{col}_reason"
         reasons = d[rc] if rc in d else pd.Series([None] * len(d), index=d.index)
         titles[header] = [r if not isna(r) else ("not recorded" if isna(v) else None)
@@ -160,13 +215,16 @@ def meters_html(df) -> str:
     import pandas as pd
 
     values, titles = meters_table(df)
-    fmts = {c: (lambda v: fmt_num(v, 2)) for c in values.columns if c.endswith("(MiB)")}
-    header_titles = {f"{c} (MiB)": METER_HOW[c] for c in METER_COLUMNS}
-    legend = "".join(f"<dt>{esc(c)}</dt><dd>{esc(METER_HOW[c])}</dd>" for c in METER_COLUMNS)
-    # availability notes (readable without hovering)
-    notes = []
-    for c in METER_COLUMNS:
-        header = f"{c} (MiB)"
+    cols = meter_columns(_sorted(df))
+    fmts = {c: (lambda v: fmt_num(v, 2)) for c in values.columns if c.endswith("(MiB)") or c.endswith("(KiB)")}
+    header_titles = {header: how for _, header, _, how in cols}
+    legend = "".join(f"<dt>{esc(c)}</dt><dd>{esc(how)}</dd>" for c, _, _, how in cols
+                     if not (c.startswith("profiler_") and c != "profiler_peak_bytes"))
+    if any(c == "profiler_activation_bytes" for c, *_ in cols):
+        legend += ("<dt>profiler_&lt;category&gt;_bytes</dt><dd>The profiler's split of the bytes alive at its peak "
+                   f"into {esc(', '.join(PROFILER_CATEGORIES))}.</dd>")
+    notes = []  # availability, readable without hovering
+    for c, header, _, _ in cols:
         missing = values[header].isna()
         if missing.any():
             reasons = pd.Series(titles.loc[missing, header]).fillna("not recorded").value_counts()
@@ -178,7 +236,7 @@ def meters_html(df) -> str:
             + dataframe_to_html_table(values, formats=fmts, titles=titles, header_titles=header_titles,
                                       mono=("config",), group_by="config", scroll=len(values) > 20,
                                       wrap_headers=True)
-            + note_block)
+            + note_block + '<p class="how">Hover over n/a for the reason.</p>')
 
 
 def environment_table(df):
@@ -210,8 +268,10 @@ def environment_table(df):
         ("python", mi.get("python_version") or distinct("python_version")),
         ("platform", distinct("platform") or " ".join(str(mi.get(k, "")) for k in ("system", "release"))),
         ("host", mi.get("node") or distinct("hostname")),
-        ("CPU", cpu.get("brand_raw")),
+        ("CPU model", cpu_text(df)),
         ("CPU count", cpu.get("count") or distinct("cpu_count")),
+        ("torch threads", distinct_text(df, "torch_num_threads")
+         or "not recorded (file written before torch_num_threads existed)"),
         ("pytest-benchmark version", df.attrs.get("version")),
         ("source file", df.attrs.get("source")),
         ("benchmarks", len(df)),
@@ -220,4 +280,4 @@ def environment_table(df):
 
 
 def environment_html(df) -> str:
-    return dataframe_to_html_table(environment_table(df), css_class="data kv")
+    return dataframe_to_html_table(environment_table(df), css_class="data kv", sortable=False)
