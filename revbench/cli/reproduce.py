@@ -6,6 +6,9 @@
 - ``repeat``: the repeat task of section 4, accuracy against sequence length per model; writes
   ``repeat.csv``, ``repeat.html`` and ``README.md`` into ``--out`` (default ``reports/repeat``).
 - ``nmt``: the NMT grid of Table 3, ``revbench.cli.nmt``'s ``configure_reproduce``/``main_reproduce``.
+
+``--engine ray`` (every task): each training run is a Ray task (``--gpus-per-run``, ``--cpus-per-run``,
+``--parallel``) on an embedded Ray or the cluster at ``--address``; results and checkpoints go under ``--out``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ import time
 from pathlib import Path
 
 from revbench.cli import nmt
+from revbench.cli.run import add_engine_options
+from revbench.tasks.engine.cases import EngineError
 from revbench.cli.options import (EXIT_BAD_INPUT, EXIT_FAILED, LM_CORPORA, add_data_options, add_device, add_tasks,
                                   add_epochs, add_grid_control, add_report_only, add_run_control, add_seed,
                                   add_threads, command_line, run_task, say_quiet)
@@ -47,6 +52,7 @@ def configure_lm(p: argparse.ArgumentParser) -> None:
     add_grid_control(p, "run", ": result.json, log.jsonl and train.out stay, and a finished run is never retrained")
     add_report_only(p, "finished runs")
     add_run_control(p, default_out=Path("reports/lm"))
+    add_engine_options(p, "run")
 
 
 def main_lm(args) -> int:
@@ -85,8 +91,8 @@ def main_lm(args) -> int:
         if not args.report_only:
             say(f"revbench reproduce lm: {len(runs)} runs, config {args.config!r}, -> {args.out}/runs/")
             statuses = run_lm_grid(runs, args.config, args.out, overrides, jobs=args.jobs,
-                                   budget_minutes=args.budget_minutes, quiet=args.quiet, say=say)
-    except (ValueError, FileNotFoundError, DataError) as exc:
+                                   budget_minutes=args.budget_minutes, quiet=args.quiet, say=say, pool=make_pool(args))
+    except (ValueError, FileNotFoundError, DataError, EngineError) as exc:
         print(f"revbench reproduce lm: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     records = lm_records(args.out)
@@ -131,6 +137,7 @@ def configure_repeat(p: argparse.ArgumentParser) -> None:
     add_threads(p, 1)
     add_report_only(p, "repeat.json (repeat.html, README.md, repeat.csv)")
     add_run_control(p, default_out=Path("reports/repeat"))
+    add_engine_options(p, "run")
 
 
 def main_repeat(args) -> int:
@@ -172,18 +179,53 @@ def main_repeat(args) -> int:
                            seed=args.seed)
         torch.set_num_threads(args.threads)
         say(f"revbench reproduce repeat: models {', '.join(models)} x lengths {lengths} -> {args.out}")
-        rows = run_repeat(lengths, models, s, args.out, say=say)
-    except ValueError as exc:
+        rows = run_repeat(lengths, models, s, args.out, say=say, pool=make_pool(args))
+    except (ValueError, EngineError) as exc:
         print(f"revbench reproduce repeat: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     meta = {"command": command_line(), "settings": dataclasses.asdict(s), "duration_min": (time.monotonic() - t0) / 60,
             "environment": environment_info("cpu")}
     paths = write_repeat_report(args.out, rows, meta)
     import pandas as pd
+    if not rows:
+        print("revbench reproduce repeat: no run finished", file=sys.stderr)
+        return EXIT_FAILED
     wide = pd.DataFrame(rows).pivot_table(index="model", columns="seq_len", values="accuracy", sort=False)
     print(wide.round(3).to_string())
     print(f"revbench reproduce repeat: {paths['html']}, {paths['csv']}, {paths['readme']}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------- nmt
+def configure_nmt(p: argparse.ArgumentParser) -> None:
+    nmt.configure_reproduce(p)
+    add_engine_options(p, "run")
+
+
+def main_nmt(args) -> int:
+    """`reproduce nmt` (revbench.cli.nmt) with the engine of --engine: its grid takes the pool from ``using``."""
+    from revbench.tasks.engine.tasks import using
+
+    try:
+        pool = make_pool(args)
+    except EngineError as exc:
+        print(f"revbench reproduce nmt: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    with using(pool):
+        return nmt.main_reproduce(args)
+
+
+def make_pool(args):
+    """The engine's pool for a reproduction's training runs: None for the local engine (the grid trains as it
+    always did), else a Ray pool; EngineError (exit 2) when Ray is not installed."""
+    if args.engine != "ray":
+        return None
+    from revbench.tasks.engine.ray_engine import import_ray
+    from revbench.tasks.engine.tasks import Pool
+
+    import_ray()
+    return Pool("ray", parallel=args.parallel, address=args.address, gpus=args.gpus_per_case,
+                cpus=args.cpus_per_case, quiet=args.quiet)
 
 
 # ------------------------------------------------------------------------------------------- protocol
@@ -194,7 +236,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         ("repeat", "section 4: the repeat task, accuracy against sequence length",
          "Train every model at every length on the repeat task; figure, CSV, report.", configure_repeat,
          main_repeat),
-        ("nmt", "the NMT grid (revbench.cli.nmt)", None, nmt.configure_reproduce, nmt.main_reproduce),
+        ("nmt", "Table 3: the translation grid (Multi30K)", None, configure_nmt, main_nmt),
     ])
 
 

@@ -1,79 +1,13 @@
-"""A child process that never outlives `revbench run`.
-
-``run_module(module, args)`` runs ``python -m module args`` (the benchmark suite's pytest) and returns its exit
-status. The child dies with its parent:
-- it lives in a session (and process group) of its own, so a Ctrl-C in the terminal reaches only the parent,
-  which then stops the whole group (SIGTERM, then SIGKILL after a grace period) before it re-raises;
-- on Linux it asks the kernel for SIGKILL when its parent dies (``prctl(PR_SET_PDEATHSIG)``), so even a SIGKILL
-  of the parent, which no handler sees, takes it down.
-
-The child is started through this module (``python -m revbench.cli.run_child PARENT_PID MODULE ARGS...``): it
-sets the parent-death signal in its own, single-threaded interpreter (no ``preexec_fn`` in a parent that may hold
-threads), checks that its parent is still the one that started it (the parent may die before the prctl), then
-runs ``MODULE`` as ``python -m`` would.
-"""
+"""A child process that never outlives `revbench run`: moved to ``revbench.tasks.engine.child`` (the engines
+start their workers with it); kept here so that ``python -m revbench.cli.run_child`` and old imports still work."""
 from __future__ import annotations
 
-import os
-import runpy
-import signal
-import subprocess
 import sys
 
-PR_SET_PDEATHSIG = 1        # <linux/prctl.h>
-GRACE_S = 3.0               # how long a stopped child may take to exit on SIGTERM before it is killed
+from revbench.tasks.engine.child import (GRACE_S, PR_SET_PDEATHSIG, _child_main, die_with_parent, run_module,
+                                         start, stop)
 
-
-def run_module(module: str, args: list[str]) -> int:
-    """Run ``python -m module args`` in a child that dies with this process; its exit status. On any exception
-    while waiting (KeyboardInterrupt included) the child's process group is stopped before the exception goes on."""
-    cmd = [sys.executable, "-m", __name__, str(os.getpid()), module, *args]
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    try:
-        return proc.wait()
-    except BaseException:
-        stop(proc)
-        raise
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the child's process group, SIGKILL it after ``GRACE_S`` seconds (or at a second Ctrl-C), reap it."""
-    try:
-        _signal_group(proc, signal.SIGTERM)
-        proc.wait(GRACE_S)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        pass
-    _signal_group(proc, signal.SIGKILL)
-    proc.wait()
-
-
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    if proc.returncode is None:          # not reaped yet: its pid (= its group id) cannot have been reused
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def die_with_parent(parent: int) -> None:
-    """Ask for SIGKILL when the parent process dies (Linux); exit at once if ``parent`` is already gone."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            print(f"revbench run: warning: prctl(PR_SET_PDEATHSIG) failed ({os.strerror(ctypes.get_errno())}): "
-                  "the benchmark process may outlive a killed `revbench run`", file=sys.stderr)
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _child_main(argv: list[str]) -> None:
-    parent, module, *args = argv
-    die_with_parent(int(parent))
-    sys.argv = [module, *args]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-
+__all__ = ["GRACE_S", "PR_SET_PDEATHSIG", "die_with_parent", "run_module", "start", "stop"]
 
 if __name__ == "__main__":
     _child_main(sys.argv[1:])

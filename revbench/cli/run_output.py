@@ -8,6 +8,9 @@
 - ``report_page(df, digest, title)``: the report of a run, which names the SHA-256 of the JSON it was built from,
   for machines in ``<meta name="revbench-benchmarks-sha256">`` and for readers in its "source" line.
 
+- ``PARTIAL_NAME``: the cases an unfinished run kept (``revbench.tasks.engine.partial``); its temporary files
+  are litter too.
+
 The pair is committed in a fixed order: both are written to temporary files first, then the JSON is renamed into
 place, then the report. A kill between the two renames leaves the new JSON, the old report (naming the old JSON)
 and the complete new report in its temporary file; ``recover`` renames that one into place. Whatever else
@@ -22,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Callable, Iterator
 
+from revbench.tasks.engine.partial import PARTIAL_NAME
 from revbench.util.atomic import atomic_write_text, remove_stale_temporaries, stale_removal_note, stale_temporaries
 
 JSON_NAME, HTML_NAME = "benchmarks.json", "report.html"
@@ -32,7 +36,7 @@ REBUILT_TITLE = "revbench benchmark report (rebuilt from benchmarks.json)"
 
 
 class OutDirError(Exception):
-    """--out-dir cannot be used: one line naming the folder and the problem."""
+    """--out cannot be used: one line naming the folder and the problem."""
 
 
 def prepare(out_dir: Path) -> Path:
@@ -40,16 +44,16 @@ def prepare(out_dir: Path) -> Path:
     import tempfile
 
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutDirError(f"--out-dir {out_dir}: exists and is not a folder")
+        raise OutDirError(f"--out {out_dir}: exists and is not a folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutDirError(f"--out-dir {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
+        raise OutDirError(f"--out {out_dir}: cannot create the folder ({exc.strerror or exc})") from None
     try:
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as exc:
-        raise OutDirError(f"--out-dir {out_dir}: cannot write there ({exc.strerror or exc})") from None
+        raise OutDirError(f"--out {out_dir}: cannot write there ({exc.strerror or exc})") from None
     return out_dir
 
 
@@ -67,8 +71,8 @@ def locked(out_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutDirError(f"--out-dir {out_dir}: another revbench run is writing there (wait for it to "
-                              "finish, or choose another --out-dir)") from None
+            raise OutDirError(f"--out {out_dir}: another revbench run is writing there (wait for it to "
+                              "finish, or choose another --out)") from None
         except OSError:                      # a filesystem without flock
             pass
         yield
@@ -135,7 +139,7 @@ def recover(out_dir: Path, rebuild: bool, say: Callable[[str], None]) -> None:
                 os.replace(tmp, html_path)
                 say(f"{html_path}: finished writing the report of the interrupted run that wrote {json_path}")
                 break
-    note = stale_removal_note(remove_stale_temporaries(out_dir, [JSON_NAME, HTML_NAME]))
+    note = stale_removal_note(remove_stale_temporaries(out_dir, [JSON_NAME, HTML_NAME, PARTIAL_NAME]))
     if note:
         say(note)
     named = named_digest(html_path)

@@ -116,12 +116,36 @@ def _clear_stale(run_dir: Path) -> None:
             (run_dir / name).unlink()
 
 
+def train_in_subprocess(cfg_file: str, run_dir: str) -> int:
+    """``revbench train lm --config-file CFG --out DIR --resume`` in a child (output appended to
+    ``DIR/train.out``); its exit status, RuntimeError when it failed. A job of an engine's pool."""
+    from revbench.tasks.engine import child
+
+    cmd = ["train", "lm", "--config-file", cfg_file, "--out", run_dir, "--resume"]
+    with open(Path(run_dir) / "train.out", "a", encoding="utf-8") as logf:
+        logf.write(f"\n$ revbench {' '.join(cmd)}\n")
+        logf.flush()
+        rc = child.run_module("revbench.cli", cmd, stdout=logf, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise RuntimeError(f"revbench train lm exited with status {rc} (see {Path(run_dir) / 'train.out'})")
+    return rc
+
+
+def _write_config(cfg, d: Path) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    cfg_file = d / "config.json"
+    cfg_file.write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return cfg_file
+
+
 def run_lm_grid(runs: list[LMRun], config: str, out_dir, overrides: dict | None = None, jobs: int = 1,
-                budget_minutes: float | None = None, quiet: bool = False, say=print) -> list[dict]:
+                budget_minutes: float | None = None, quiet: bool = False, say=print, pool=None) -> list[dict]:
     """Train every run that is not done yet (resuming partial ones). Returns one status dict per run.
 
     ``jobs=1`` trains in this process, one run after the other; ``jobs>1`` starts up to that many
     ``revbench train lm`` subprocesses at once (each run's output in ``runs/<name>/train.out``).
+    ``pool`` (``revbench.tasks.engine.tasks.Pool`` with engine "ray"): each run is a task of the pool, a
+    ``revbench train lm`` child on a Ray worker (``jobs`` and the budget do not apply).
     ``budget_minutes``: start no new run after that many minutes (running ones finish).
     """
     overrides = dict(overrides or {})
@@ -149,12 +173,18 @@ def run_lm_grid(runs: list[LMRun], config: str, out_dir, overrides: dict | None 
             _clear_stale(d)
         todo.append((r, cfg, d))
 
+    if pool is not None and pool.remote:
+        results = pool.map(train_in_subprocess, [(r.name, (str(_write_config(cfg, d)), str(d))) for r, cfg, d in todo])
+        for name, res in results.items():
+            statuses[name] = {"run": name, "status": "done" if res.ok else f"failed: {res.error.splitlines()[0]}"}
+        return [statuses[r.name] for r, _, _ in plan]
+
     if jobs <= 1:
         for i, (r, cfg, d) in enumerate(todo):
             if over_budget():
                 statuses[r.name] = {"run": r.name, "status": "skipped (budget)"}
                 continue
-            say(f"[{i + 1}/{len(todo)}] {r.name}: training ({cfg.method}) -> {d}")
+            say(f"[{i + 1}/{len(todo)}] {r.name}: training ({cfg.method}) -> {d}{_eta(t0, i, len(todo))}")
             from revbench.tasks.lm.training import train
             t1 = time.monotonic()
             try:
@@ -170,9 +200,7 @@ def run_lm_grid(runs: list[LMRun], config: str, out_dir, overrides: dict | None 
     while queue or running:
         while queue and len(running) < jobs and not over_budget():
             r, cfg, d = queue.pop(0)
-            d.mkdir(parents=True, exist_ok=True)
-            cfg_file = d / "config.json"
-            cfg_file.write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            cfg_file = _write_config(cfg, d)
             cmd = [sys.executable, "-m", "revbench.cli", "train", "lm", "--config-file", str(cfg_file),
                    "--out", str(d), "--resume"]
             logf = open(d / "train.out", "a", encoding="utf-8")
@@ -203,6 +231,13 @@ def run_lm_grid(runs: list[LMRun], config: str, out_dir, overrides: dict | None 
                 statuses[r.name] = {"run": r.name, "status": "skipped (budget)"}
             queue = []
     return [statuses[r.name] for r, _, _ in plan]
+
+
+def _eta(t0: float, finished: int, total: int) -> str:
+    """", ETA h:mm:ss" for the runs left at the mean time of the ``finished`` ones (nothing before the first)."""
+    from revbench.tasks.engine.progress import eta_text
+
+    return f", ETA {eta_text((time.monotonic() - t0) / finished * (total - finished))}" if finished else ""
 
 
 def drop_checkpoints(out_dir, run_names) -> int:

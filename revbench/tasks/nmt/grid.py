@@ -13,6 +13,7 @@ from revbench.tasks.nmt.config import make_config
 from revbench.tasks.nmt.grid_report import write_grid_report
 from revbench.tasks.nmt.step_memory import MEMORY_METHODS, point_memory
 from revbench.tasks.nmt.train import BEST, CHECKPOINT, RESULTS, json_default, train
+from revbench.tasks.engine.tasks import current as current_pool
 from revbench.util.atomic import atomic_write_json
 
 
@@ -65,14 +66,46 @@ GRID = {
 GRID["tiny"] = [GridPoint("revgru", "emb+h:4", 3), GridPoint("gru", "all")]
 
 
+def _finish_point(res: dict, cfg, corpus, run_dir: Path, keep_checkpoints: bool) -> dict:
+    """Measure a trained point's step memory, write its results.json, drop its weights (unless kept)."""
+    tm = time.perf_counter()
+    res["memory"] = point_memory(cfg, corpus, run_dir)
+    res["memory_time_s"] = time.perf_counter() - tm
+    atomic_write_json(res, run_dir / RESULTS, indent=2, default=json_default)
+    if not keep_checkpoints:
+        for f in (CHECKPOINT, BEST):
+            if (run_dir / f).exists():
+                (run_dir / f).unlink()
+    return res
+
+
+def _remote_point(config_name: str, overrides: dict, p: GridPoint, out: str, data_dir, force: bool,
+                  keep_checkpoints: bool) -> str:
+    """One grid point as a task of an engine's pool (its own corpus, quiet): trained, measured, written."""
+    run_dir = Path(out) / "runs" / p.id
+    cfg = make_config(config_name, **{**overrides, "cell": p.cell, "context": p.context,
+                                      "max_forget_bits": p.max_forget_bits if p.reversible else None,
+                                      "method": p.method})
+    if force:
+        for f in (CHECKPOINT, BEST, RESULTS):
+            if (run_dir / f).exists():
+                (run_dir / f).unlink()
+    corpus = load_corpus(make_config(config_name, **overrides), data_dir)
+    res = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), corpus=corpus, log=lambda *a, **k: None)
+    _finish_point(res, cfg, corpus, run_dir, keep_checkpoints)
+    return p.id
+
+
 def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minutes: float | None = None,
               overrides: dict | None = None, force: bool = False, command: str | None = None,
-              keep_checkpoints: bool = False, log=print) -> dict:
+              keep_checkpoints: bool = False, log=print, pool=None) -> dict:
     """Run the Table 3 grid for ``config_name`` into ``out_dir/runs/<point>/`` in priority order, then write
     ``grid.json``, ``README.md`` and ``index.html`` (after every point, so partial results are always there).
     A point with a ``results.json`` is not rerun (unless ``force``); one with a checkpoint is resumed; no new
     point starts once ``budget_minutes`` have passed. A completed point's ``checkpoint.pt``/``best.pt`` (model
-    weights) are deleted unless ``keep_checkpoints``; its ``results.json`` and ``test.hyp.txt`` stay."""
+    weights) are deleted unless ``keep_checkpoints``; its ``results.json`` and ``test.hyp.txt`` stay. ``pool``
+    (default ``revbench.tasks.engine.tasks.current()``) with engine "ray": every point still to train is a Ray task
+    (the budget does not apply), then the report is written as before."""
     from revbench.measure.environment import environment_info
 
     out = Path(out_dir)
@@ -97,6 +130,13 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
         entries[p.id] = {"id": p.id, "cell": p.cell, "context": p.context, "max_forget_bits": p.max_forget_bits,
                          "method": p.method, "status": "not started"}
     summary["points"] = list(entries.values())
+    pool = pool if pool is not None else current_pool()
+    remote = {}
+    pending = [p for p in pts if force or not (out / "runs" / p.id / RESULTS).exists()]
+    if pool is not None and pool.remote:            # every point still to train is a task of the pool
+        remote = pool.map(_remote_point, [(p.id, (config_name, overrides, p, str(out), data_dir, force,
+                                                  keep_checkpoints)) for p in pending])
+    trained = 0
     for p in pts:
         e = entries[p.id]
         run_dir = out / "runs" / p.id
@@ -104,6 +144,12 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
                                           "max_forget_bits": p.max_forget_bits if p.reversible else None,
                                           "method": p.method})
         done = run_dir / RESULTS
+        if p.id in remote:
+            if remote[p.id].ok:
+                e.update(_point_entry(json.loads(done.read_text())), status="completed")
+            else:
+                e["status"] = f"failed: {remote[p.id].error.splitlines()[0]}"
+            continue
         if done.exists() and not force:
             res = json.loads(done.read_text())
             if "memory" in res:
@@ -117,16 +163,11 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
                 for f in (CHECKPOINT, BEST, RESULTS):
                     if (run_dir / f).exists():
                         (run_dir / f).unlink()
-            log(f"== {p.id}: {cfg.cell}, context {cfg.context}, k={cfg.max_forget_bits}, method {cfg.method}")
+            log(f"== [{trained + 1}/{len(pending)}] {p.id}: {cfg.cell}, context {cfg.context}, "
+                f"k={cfg.max_forget_bits}, method {cfg.method}{_eta(t0, trained, len(pending))}")
+            trained += 1
             res = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), corpus=corpus, log=log)
-        tm = time.perf_counter()
-        res["memory"] = point_memory(cfg, corpus, run_dir)
-        res["memory_time_s"] = time.perf_counter() - tm
-        atomic_write_json(res, done, indent=2, default=json_default)
-        if not keep_checkpoints:
-            for f in (CHECKPOINT, BEST):
-                if (run_dir / f).exists():
-                    (run_dir / f).unlink()
+        _finish_point(res, cfg, corpus, run_dir, keep_checkpoints)
         e.update(_point_entry(res), status="completed")
         summary["elapsed_s"] = time.perf_counter() - t0
         write_grid_report(summary, out)
@@ -136,6 +177,12 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
                                 "elapsed_s": summary["elapsed_s"], "command": command})
     write_grid_report(summary, out)
     return summary
+
+
+def _eta(t0: float, finished: int, total: int) -> str:
+    from revbench.tasks.engine.progress import eta_text
+
+    return f", ETA {eta_text((time.perf_counter() - t0) / finished * (total - finished))}" if finished else ""
 
 
 def _point_entry(res: dict) -> dict:

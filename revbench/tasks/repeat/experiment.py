@@ -116,8 +116,9 @@ def train_repeat(cell: str, seq_len: int, s: RepeatSettings) -> dict:
 
 
 def run_repeat(lengths=REPEAT_LENGTHS, models=REPEAT_MODELS, settings: RepeatSettings | None = None,
-               out_dir=None, say=print) -> list[dict]:
-    """Train every (model, length); returns rows (and appends each to ``<out_dir>/repeat.csv.partial``)."""
+               out_dir=None, say=print, pool=None) -> list[dict]:
+    """Train every (model, length); returns rows. ``pool`` (``revbench.tasks.engine.tasks.Pool`` with engine
+    "ray"): each (model, length) is a task of the pool; a failed one is said and left out of the rows."""
     s = settings or RepeatSettings()
     for c in models:
         if c not in CELL_LABEL:
@@ -126,10 +127,22 @@ def run_repeat(lengths=REPEAT_LENGTHS, models=REPEAT_MODELS, settings: RepeatSet
         if T < 2:
             raise ValueError(f"sequence lengths must be >= 2 (step 0 has nothing to repeat), got {T}")
     rows = []
+    if pool is not None and pool.remote:
+        jobs = [(f"{c}-T{T}", (c, T, s)) for c in models for T in lengths]
+        results = pool.map(train_repeat, jobs)
+        for name, _ in jobs:
+            if not results[name].ok:
+                say(f"  {name} FAILED: {results[name].error.splitlines()[0]}")
+        return [results[name].value for name, _ in jobs if results[name].ok]
+    from revbench.tasks.engine.progress import eta_text
+
+    t0, total = time.monotonic(), len(models) * len(lengths)
     for c in models:
         for T in lengths:
             row = train_repeat(c, T, s)
             rows.append(row)
-            say(f"  {row['model']:<16} T={T:<4} accuracy {row['accuracy']:.3f}  (first/last quarter "
-                f"{row['accuracy_first_quarter']:.2f}/{row['accuracy_last_quarter']:.2f})  {row['train_s']:.1f}s")
+            left = (time.monotonic() - t0) / len(rows) * (total - len(rows))
+            say(f"  [{len(rows)}/{total}] {row['model']:<16} T={T:<4} accuracy {row['accuracy']:.3f}  (first/last "
+                f"quarter {row['accuracy_first_quarter']:.2f}/{row['accuracy_last_quarter']:.2f})  "
+                f"{row['train_s']:.1f}s, ETA {eta_text(left)}")
     return rows
