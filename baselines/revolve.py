@@ -52,12 +52,22 @@ import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 
-import checkpoint_schedules as cs
-
 from baselines.gruslys import mixed_cost, optimal_cost, resolve_slots
 from baselines.plan_methods import _PlanMethod
 from baselines.schedules import (Backward, BackwardRecorded, Forward, Free, Plan, PlanError, Record,
                                  check_length)
+from revbench.core.protocol import MethodUnavailable
+
+
+def _cs():
+    """The checkpoint-schedules package, imported when first needed (revbench runs without it; revolve then
+    reports itself unavailable with this reason)."""
+    try:
+        import checkpoint_schedules
+    except ImportError as exc:
+        raise MethodUnavailable(f"method 'revolve' needs the checkpoint-schedules package (pip install "
+                                f"checkpoint-schedules): {exc}") from None
+    return checkpoint_schedules
 
 SCHEDULES = ("revolve", "multistage", "mixed")
 
@@ -75,6 +85,7 @@ def _deep_recursion(T: int):
 
 def package_schedule(T: int, slots: int, schedule: str = "revolve"):
     """The package's schedule object for ``T`` steps and ``slots`` snapshots in RAM (clamped to 1 .. T-1)."""
+    cs = _cs()
     s = max(1, min(slots, T - 1))
     if schedule == "revolve":
         return cs.Revolve(T, s)
@@ -87,6 +98,7 @@ def package_schedule(T: int, slots: int, schedule: str = "revolve"):
 
 def translate(actions, T: int) -> list:
     """Our plan actions for the package's action sequence over ``T`` steps (see the module docstring)."""
+    cs = _cs()
     out = []
     held = {0: "state"}        # what the package holds per step: "state" (restart data) or "record" (adj deps)
     free_after = set()         # states moved to WORK: freed once the next action has started from them
@@ -215,6 +227,14 @@ class Revolve(_PlanMethod):
         except ValueError as exc:
             raise ValueError(str(exc).replace("gruslys", "revolve")) from None
         self.slots, self.budget, self.schedule = slots, budget, schedule
+
+    @classmethod
+    def supports(cls, cell: str, kind: str = "lm") -> tuple[bool, str]:
+        try:
+            _cs()
+        except MethodUnavailable as exc:
+            return False, str(exc)
+        return super().supports(cell, kind)
 
     def options(self):
         opts = {k: v for k, v in (("slots", self.slots), ("budget", self.budget)) if v is not None}

@@ -177,3 +177,53 @@ def test_train_nmt_runs_the_peer_methods(method, tmp_path, capsys):
     rc, out, err = cli(NMT + ["--method", method, "--epochs", "1", "--out", tmp_path / method], capsys)
     assert rc == 0, err
     assert (tmp_path / method / "results.json").exists()
+
+
+# ------------------------------------------------------------------------------------------- --device
+HAS_CUDA = __import__("torch").cuda.is_available()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has a GPU: cuda is not absent")
+@pytest.mark.parametrize("kind,device", [("lm", "cuda"), ("lm", "cuda:1"), ("nmt", "cuda"), ("nmt", "cuda:0")])
+def test_cuda_asked_for_and_absent_is_one_line_exit_2_nothing_written(kind, device, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    rc, out, err = cli((LM if kind == "lm" else NMT) + ["--out", out_dir, "--device", device], capsys)
+    line = last_line(err)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert line.startswith(f"revbench train {kind}: error: --device: device {device!r}") and "no CUDA device" in line
+    assert not out_dir.exists()                                     # refused before anything was written
+
+
+def test_train_nmt_passes_the_device_to_training(tmp_path, capsys, monkeypatch):
+    import revbench.tasks.nmt.train as nmt_train
+
+    seen = {}
+
+    def fake_train(cfg, out, **kw):
+        seen.update(kw)
+        raise KeyboardInterrupt                                     # stop there: exit 130
+
+    monkeypatch.setattr(nmt_train, "train", fake_train)
+    rc, out, err = cli(NMT + ["--out", tmp_path / "o", "--device", "cpu"], capsys)
+    assert rc == 130 and seen.get("device") == "cpu", (seen, err)
+
+
+def test_nmt_library_takes_a_device_and_records_it(tmp_path):
+    res = train_nmt(make_config("tiny", epochs=1, beam_size=1, max_train=16), tmp_path / "n", log=lambda s: None,
+                    device="cpu")
+    assert res["device"] == "cpu"
+    with pytest.raises(ValueError, match="'gpu'"):
+        train_nmt(make_config("tiny"), tmp_path / "bad", device="gpu")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device (this machine has none)")
+@pytest.mark.parametrize("kind", ["lm", "nmt"])
+def test_tiny_training_on_cuda(kind, tmp_path, capsys):
+    """The tiny configs train on the GPU end to end (checkpoint, evaluation, results)."""
+    extra = ["--max-steps", "4"] if kind == "lm" else ["--epochs", "1", "--beam-size", "1"]
+    rc, out, err = cli((LM[:-2] if kind == "lm" else NMT) + extra + ["--device", "cuda", "--out", tmp_path / kind],
+                       capsys)
+    assert rc == 0, err
+    assert (tmp_path / kind / "checkpoint.pt").exists()
+    if kind == "nmt":
+        assert json.loads((tmp_path / kind / "results.json").read_text())["device"] == "cuda"

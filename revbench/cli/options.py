@@ -138,8 +138,9 @@ def add_threads(p: argparse.ArgumentParser, default=None, default_help: str = "%
                         f"default: {default_help})")
 
 
-def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", type=device_name, default=None, help="cpu or cuda[:N] (default: the config's)")
+def add_device(p: argparse.ArgumentParser, default_help: str = "the config's") -> None:
+    p.add_argument("--device", type=device_name, default=None,
+                   help=f"cpu, cuda or cuda:N (default: {default_help})")
 
 
 def add_seed(p: argparse.ArgumentParser, default=None) -> None:

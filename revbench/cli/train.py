@@ -3,14 +3,16 @@
 ``revbench train lm`` trains a language model (``revbench.tasks.lm.training``) under a named config
 (``paper``, ``small``, ``tiny``; see ``revbench.tasks.lm.configs``) or a JSON config file, with any
 training method of ``revbench.methods``; ``--resume`` continues from ``OUT/checkpoint.pt``.
-``revbench train nmt`` is ``revbench.cli.nmt``'s ``configure_train``/``main_train``.
+``revbench train nmt`` is ``revbench.cli.nmt``'s ``configure_train``/``main_train`` with ``--device``. Both refuse a
+``--device`` this machine does not have (exit 2, one line) before anything is written.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 
 from revbench.cli import nmt
-from revbench.cli.options import (LM_CORPORA, add_data_options, add_device, add_tasks,
+from revbench.cli.options import (EXIT_BAD_INPUT, LM_CORPORA, add_data_options, add_device, add_tasks,
                                   add_epochs, add_model_options, add_overrides, add_run_control, add_seed,
                                   add_threads, count_int, given, model_overrides, non_negative_float,
                                   run_task, run_training, table_fields)
@@ -43,17 +45,28 @@ LM_OVERRIDES = {
 RUN_FIELDS = {"epochs": "epochs", "seed": "seed", "device": "device", "threads": "threads"}   # dest -> field
 
 
-def configure_lm(p: argparse.ArgumentParser) -> None:
+def config_descriptions() -> dict:
+    """One line per named LM config for ``--help``; the small config's sizes are read from the config itself."""
     from revbench.tasks.lm.configs import CONFIGS, DESCRIPTIONS
+
+    small = CONFIGS["small"]
+    return {**DESCRIPTIONS,
+            "small": (f"CPU-sized: emb = hidden = {small['hidden_size']} tied, batch {small['batch_size']}, bptt "
+                      f"{small['bptt']}, {small['epochs']} epochs, light dropout")}
+
+
+def configure_lm(p: argparse.ArgumentParser) -> None:
+    from revbench.tasks.lm.configs import CONFIGS
 
     p.add_argument("--config", default="small", choices=list(CONFIGS),
                    help="named configuration (default: %(default)s): "
-                        + "; ".join(f"{k}: {v}" for k, v in DESCRIPTIONS.items()))
+                        + "; ".join(f"{k}: {v}" for k, v in config_descriptions().items()))
     p.add_argument("--config-file", default=None,
                    help="JSON file of TrainConfig fields (as written by revbench reproduce); replaces --config")
     add_data_options(p, LM_CORPORA, _UNSET, "the config's, ptb for small/paper")
     add_model_options(p, _UNSET, "the config's, revlstm",
-                      method_note="; one of revbench.methods: bptt, reversible, checkpoint, gruslys, bptt-fused")
+                      method_note="; one of revbench.methods: bptt, reversible, checkpoint, gruslys, revolve, "
+                                  "torch-checkpoint, bptt-fused, compile-budget")
     add_epochs(p, _UNSET)
     add_seed(p, _UNSET)
     add_device(p)
@@ -111,6 +124,7 @@ def main_lm(args) -> int:
 
     def run():
         cfg = lm_config_from_args(args)
+        _refuse_absent_device(cfg.device)
         if cfg.data != "synthetic":
             resolve_data_dir(cfg.data_dir)          # a clear error before any work
         return train(cfg, args.out, resume=args.resume, quiet=args.quiet,
@@ -128,12 +142,35 @@ def main_lm(args) -> int:
     return 0
 
 
+def _refuse_absent_device(device: str | None) -> None:
+    """ValueError (exit 2 through ``run_training``) when ``device`` is not on this machine."""
+    from revbench.measure.cuda import device_problem
+
+    problem = device_problem(device or "cpu")
+    if problem:
+        raise ValueError(f"--device: {problem}")
+
+
+def configure_nmt(p: argparse.ArgumentParser) -> None:
+    nmt.configure_train(p)
+    add_device(p, "cpu")
+
+
+def main_nmt(args) -> int:
+    try:
+        _refuse_absent_device(getattr(args, "device", None))
+    except ValueError as exc:
+        print(f"revbench train nmt: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return nmt.main_train(args)
+
+
 # ------------------------------------------------------------------------------------------- protocol
 def configure(parser: argparse.ArgumentParser) -> None:
     add_tasks(parser, [
         ("lm", "train a language model (PTB, WikiText-2, synthetic)",
          "Train a language model AWD-style with any training method.", configure_lm, main_lm),
-        ("nmt", "train a translation model (revbench.cli.nmt)", None, nmt.configure_train, nmt.main_train),
+        ("nmt", "train an attention encoder-decoder (Multi30K, synthetic)", None, configure_nmt, main_nmt),
     ])
 
 

@@ -1,7 +1,8 @@
 """The CUDA caching allocator meter (:class:`CudaAllocatorMeter`) and :func:`cuda_device`.
 
 ``cuda_peak_allocated_bytes`` and ``cuda_peak_reserved_bytes``: the allocator's exact peaks in the region.
-:func:`cuda_device` resolves a CUDA meter's device argument (also used by the NVML meter).
+:func:`cuda_device` resolves a CUDA meter's device argument (also used by the NVML meter); :func:`device_problem`
+says in one line why a device cannot be used here (None when it can).
 """
 from __future__ import annotations
 
@@ -11,7 +12,22 @@ import torch
 
 from revbench.measure.meter import Meter, as_device
 
-__all__ = ["CudaAllocatorMeter", "cuda_device"]
+__all__ = ["CudaAllocatorMeter", "cuda_device", "device_problem"]
+
+
+def device_problem(device: str | torch.device) -> str | None:
+    """None when ``device`` (``cpu``, ``cuda`` or ``cuda:N``) can be used on this machine, else one line saying why
+    not (no CUDA build of torch, no GPU visible, or an index beyond the visible devices)."""
+    dev = as_device(device)
+    if dev.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        build = "a CPU-only build of torch" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+        return f"device {str(dev)!r} was asked for but torch sees no CUDA device ({build}, torch {torch.__version__})"
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        return f"device {str(dev)!r} does not exist: {n} CUDA device(s) visible (cuda:0..cuda:{n - 1})"
+    return None
 
 
 def cuda_device(device: str | torch.device | None) -> torch.device:

@@ -1,7 +1,9 @@
 """The NVML meter (:class:`NvmlMeter`) and its pynvml helpers.
 
 Device and process GPU memory sampled through NVML by a background thread: ``nvml_peak_used_bytes``,
-``nvml_process_peak_used_bytes`` and ``nvml_samples``.
+``nvml_process_peak_used_bytes`` and ``nvml_samples``. :func:`match_nvml_device` maps a CUDA device to its NVML
+handle (by UUID, then PCI bus id; NVML ignores CUDA_VISIBLE_DEVICES); :func:`read_nvml` takes one reading
+(device and process memory, driver and NVML versions) for the environment and the meters' calibration.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch
 from revbench.measure.cuda import cuda_device
 from revbench.measure.meter import Meter, as_device
 
-__all__ = ["NvmlMeter"]
+__all__ = ["NvmlMeter", "match_nvml_device", "pci_bus_id", "read_nvml"]
 
 
 def _import_pynvml():
@@ -23,11 +25,13 @@ def _import_pynvml():
     return pynvml
 
 
-def _nvml_handle(pynvml, index: int):
-    """The NVML handle of CUDA device ``index`` (CUDA's numbering, which CUDA_VISIBLE_DEVICES renumbers).
+def match_nvml_device(pynvml, index: int):
+    """``(handle, matched_by)``: the NVML handle of CUDA device ``index`` (CUDA's numbering, which
+    CUDA_VISIBLE_DEVICES renumbers) and how it was found: ``"uuid"``, ``"pci_bus_id"``, ``"torch index map"`` or
+    ``"only device"``.
 
     NVML numbers devices by PCI order and ignores CUDA_VISIBLE_DEVICES, so match by UUID (then PCI bus id)
-    rather than by index.
+    rather than by index. LookupError when nothing matches.
     """
     props = torch.cuda.get_device_properties(index)
     uuid = getattr(props, "uuid", None)
@@ -35,23 +39,97 @@ def _nvml_handle(pynvml, index: int):
         s = str(uuid)
         for cand in ((s,) if s.startswith(("GPU-", "MIG-")) else (f"GPU-{s}", s)):
             try:
-                return pynvml.nvmlDeviceGetHandleByUUID(cand)
+                return pynvml.nvmlDeviceGetHandleByUUID(cand), "uuid"
             except pynvml.NVMLError:
                 pass
-    bus = getattr(props, "pci_bus_id", None)
-    if bus is not None:
-        pci = f"{getattr(props, 'pci_domain_id', 0):08X}:{bus:02X}:{getattr(props, 'pci_device_id', 0):02X}.0"
+    pci = pci_bus_id(props)
+    if pci is not None:
         try:
-            return pynvml.nvmlDeviceGetHandleByPciBusId(pci)
+            return pynvml.nvmlDeviceGetHandleByPciBusId(pci), "pci_bus_id"
         except pynvml.NVMLError:
             pass
     try:  # torch's own mapping (parses CUDA_VISIBLE_DEVICES, indices or UUIDs)
-        return pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(index))
+        return pynvml.nvmlDeviceGetHandleByIndex(torch.cuda._get_nvml_device_index(index)), "torch index map"
     except Exception:
         pass
     if "CUDA_VISIBLE_DEVICES" not in os.environ and pynvml.nvmlDeviceGetCount() == 1:
-        return pynvml.nvmlDeviceGetHandleByIndex(0)
+        return pynvml.nvmlDeviceGetHandleByIndex(0), "only device"
     raise LookupError(f"cannot match CUDA device {index} to an NVML device (by UUID, PCI bus id or index)")
+
+
+def pci_bus_id(props) -> str | None:
+    """NVML's PCI bus id text (``"00000000:3B:00.0"``) of torch device properties, None without ``pci_bus_id``."""
+    bus = getattr(props, "pci_bus_id", None)
+    if bus is None:
+        return None
+    return f"{getattr(props, 'pci_domain_id', 0):08X}:{bus:02X}:{getattr(props, 'pci_device_id', 0):02X}.0"
+
+
+def _nvml_handle(pynvml, index: int):
+    """The NVML handle of CUDA device ``index`` (see :func:`match_nvml_device`)."""
+    return match_nvml_device(pynvml, index)[0]
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_nvml(index: int, pid: int | None = None) -> dict[str, Any]:
+    """One NVML reading of CUDA device ``index``, for the environment and the meters' calibration.
+
+    ``device_used_bytes`` / ``device_total_bytes`` (``nvmlDeviceGetMemoryInfo``, v2: reserved memory
+    excluded), ``process_used_bytes`` (this process's ``usedGpuMemory``: 0 when NVML lists no compute process of
+    ours, None with ``process_used_bytes_reason`` when NVML cannot tell), ``other_processes`` (how many other
+    compute processes use the device), ``matched_by``, ``driver_version``, ``nvml_version`` and
+    ``cuda_driver_version`` (the highest CUDA version the driver supports, e.g. ``"12.8"``). Without NVML:
+    ``{"available": False, "reason": ...}``.
+    """
+    try:
+        pynvml = _import_pynvml()
+    except ImportError as exc:
+        return {"available": False, "reason": f"pynvml is not installed (pip install nvidia-ml-py): {exc}"}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return {"available": False, "reason": f"NVML unavailable: {exc}"}
+    pid = os.getpid() if pid is None else pid
+    try:
+        handle, how = match_nvml_device(pynvml, index)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle, version=pynvml.nvmlMemory_v2)
+        out: dict[str, Any] = {"available": True, "matched_by": how, "device_used_bytes": int(mem.used),
+                               "device_total_bytes": int(mem.total)}
+        try:
+            procs = list(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        except pynvml.NVMLError as exc:
+            out.update(process_used_bytes=None, other_processes=None,
+                       process_used_bytes_reason=f"nvmlDeviceGetComputeRunningProcesses failed: {exc}")
+        else:
+            mine = [p for p in procs if p.pid == pid]
+            out["other_processes"] = len(procs) - len(mine)
+            if mine and mine[0].usedGpuMemory is None:
+                out["process_used_bytes"] = None
+                out["process_used_bytes_reason"] = "NVML lists this process without a usedGpuMemory figure"
+            else:
+                out["process_used_bytes"] = int(mine[0].usedGpuMemory) if mine else 0
+                out["process_listed"] = bool(mine)
+        for key, fn in (("driver_version", "nvmlSystemGetDriverVersion"),
+                        ("nvml_version", "nvmlSystemGetNVMLVersion")):
+            try:
+                out[key] = _text(getattr(pynvml, fn)())
+            except (pynvml.NVMLError, AttributeError) as exc:
+                out[key] = None
+                out[f"{key}_reason"] = f"{fn} failed: {exc}"
+        try:
+            v = int(pynvml.nvmlSystemGetCudaDriverVersion_v2())
+            out["cuda_driver_version"] = f"{v // 1000}.{v % 1000 // 10}"
+        except (pynvml.NVMLError, AttributeError, TypeError, ValueError) as exc:
+            out["cuda_driver_version"] = None
+            out["cuda_driver_version_reason"] = f"nvmlSystemGetCudaDriverVersion_v2 failed: {exc}"
+        return out
+    except (pynvml.NVMLError, LookupError) as exc:
+        return {"available": False, "reason": f"NVML device lookup failed: {exc}"}
+    finally:
+        pynvml.nvmlShutdown()
 
 
 class NvmlMeter(Meter):

@@ -14,9 +14,10 @@ def load_data(cfg: TrainConfig) -> Corpus:
     return load_corpus(cfg.data, cfg.data_dir, verify=cfg.verify)
 
 
-def build_model(cfg: TrainConfig, vocab_size: int) -> RNNLM:
+def build_model(cfg: TrainConfig, vocab_size: int, device=None) -> RNNLM:
+    """The configuration's language model for ``vocab_size`` words, on ``device`` (default: the CPU)."""
     return RNNLM(vocab_size, cfg.emb_size, cfg.layer_sizes(), cfg.num_layers, cell=cfg.cell,
                  max_forget_bits=cfg.max_forget_bits if cfg.reversible else None,
                  dropout_emb=cfg.dropout_emb, dropout_in=cfg.dropout_in, dropout_h=cfg.dropout_h,
                  dropout_out=cfg.dropout_out, weight_drop=cfg.weight_drop, tie_weights=cfg.tie_weights,
-                 init_range=cfg.init_range)
+                 init_range=cfg.init_range).to(device)

@@ -12,7 +12,7 @@ differ in numbers only.
   when the validation perplexity stops improving. Meant for a GPU (days on a CPU).
 - ``small``: a CPU-sized model on the same code path, sized from throughput measured on a 2-core
   machine so that the whole Table-1 grid (10 runs) trains in about 45 minutes: embedding = hidden =
-  200 (tied), batch 64, BPTT 35, 2 epochs, lighter dropouts (a short run cannot afford the heavy
+  128 (tied), batch 64, BPTT 35, 2 epochs, lighter dropouts (a short run cannot afford the heavy
   regularisation of a 40+ epoch schedule).
 - ``tiny``: a few-second model for tests and smoke runs (synthetic corpus by default).
 
@@ -149,7 +149,7 @@ CONFIGS: dict[str, dict] = {
 DESCRIPTIONS = {
     "paper": "MacKay et al.'s AWD-style settings (emb 650, hidden 1150/650, batch 20, bptt 70, lr 20, 40 epochs); "
              "for a GPU",
-    "small": "CPU-sized: emb = hidden = 200 tied, batch 64, bptt 35, 2 epochs, light dropout",
+    "small": "CPU-sized: emb = hidden = 128 tied, batch 64, bptt 35, 2 epochs, light dropout",
     "tiny": "seconds: synthetic corpus, 16 units, 1 epoch (tests, smoke runs)",
 }
 

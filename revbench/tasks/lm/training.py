@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from revbench.measure import memory
+from revbench.measure.cuda import device_problem
 from revbench.measure.environment import environment_info
 from revbench.util.atomic import atomic_write_json, remove_stale_temporaries, stale_removal_note
 from revbench.tasks.integrity import load_model_state, save_sealed
@@ -100,8 +101,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.threads and cfg.threads != torch.get_num_threads():
             torch.set_num_threads(cfg.threads)
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {cfg.device!r} was asked for but torch sees no CUDA device")
+        problem = device_problem(cfg.device)
+        if problem:
+            raise ValueError(problem)
         self.method = configured_method(cfg.method, cfg.method_options)
         self.corpus = load_data(cfg)
         dev = torch.device(cfg.device)
@@ -109,7 +111,7 @@ class Trainer:
         self.valid_data = batchify(self.corpus.valid, cfg.eval_batch_size).to(dev)
         self.test_data = batchify(self.corpus.test, cfg.test_batch_size).to(dev)
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.corpus.vocab_size).to(dev)
+        self.model = build_model(cfg, self.corpus.vocab_size, dev)
         self.params = list(self.model.parameters())
         self.opt = torch.optim.SGD(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.seg_gen = torch.Generator().manual_seed(cfg.seed + 1)

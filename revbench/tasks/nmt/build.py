@@ -17,11 +17,13 @@ def load_corpus(config: NMTConfig, data_dir=None, verify: bool = True) -> Parall
     return load_parallel("multi30k", data_dir=data_dir, verify=verify, min_freq=config.min_freq)
 
 
-def build_model(config: NMTConfig, corpus: ParallelCorpus) -> Seq2Seq:
+def build_model(config: NMTConfig, corpus: ParallelCorpus, device: str | torch.device | None = None) -> Seq2Seq:
+    """The configuration's encoder-decoder for ``corpus``' vocabularies, in its dtype, on ``device`` (default: the
+    CPU; batches follow the model's device)."""
     model = Seq2Seq(len(corpus.src_vocab), len(corpus.tgt_vocab), config.emb_size, config.hidden_size,
                     config.num_layers, cell=config.cell, max_forget_bits=config.max_forget_bits if config.cell in REVERSIBLE_CELLS else None,
                     context=config.context, dropout=config.dropout, init_range=config.init_range)
-    return model.to(getattr(torch, config.dtype))
+    return model.to(device=device, dtype=getattr(torch, config.dtype))
 
 
 def train_pairs(config: NMTConfig, corpus: ParallelCorpus):

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import torch
 
+from revbench.measure.cuda import device_problem
 from revbench.tasks.integrity import CheckpointCorruptError, describe, load_model_state, load_sealed, save_sealed
 from revbench.tasks.nmt.build import build_model, epoch_batches, load_corpus, train_pairs
 from revbench.tasks.nmt.config import NMTConfig
 from revbench.tasks.nmt.corpus import ParallelCorpus
 from revbench.tasks.nmt.evaluate import bleu_on, evaluate_loss
+from revbench.tasks.run_options import check_device
 from revbench.util.atomic import (atomic_write_json, atomic_write_text, remove_stale_temporaries,
                                   stale_removal_note)
 
@@ -74,6 +76,8 @@ def _resume(ckpt_path, cfg: dict, model, opt) -> dict:
     try:
         opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
+        if ck.get("cuda_rng") is not None and torch.cuda.is_available():   # dropout masks drawn on a GPU
+            torch.cuda.set_rng_state_all(ck["cuda_rng"])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
         raise CheckpointCorruptError(f"{label}: its optimizer or RNG state cannot be restored "
                                      f"({describe(exc)})") from None
@@ -142,13 +146,19 @@ def _progress(total, desc, enabled):
 
 def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorpus | None = None, data_dir=None,
           progress: bool | None = None, stop_after_steps: int | None = None, evaluate: bool = True,
-          log=print, verify: bool = True) -> dict | None:
+          log=print, verify: bool = True, device: str = "cpu") -> dict | None:
     """Train ``config`` into ``out_dir`` (``config.json``, ``checkpoint.pt``, ``best.pt`` (the epoch with the best
     validation perplexity, which the test evaluation uses), ``results.json``, ``test.hyp.txt``).
     Returns the results dict, or None when ``stop_after_steps`` interrupted the run (after
     writing a checkpoint; ``resume=True`` continues it). ``progress``: tqdm bar (default: only on a TTY).
-    ``verify=False`` skips the data's SHA256SUMS check (your own copy of Multi30K)."""
+    ``verify=False`` skips the data's SHA256SUMS check (your own copy of Multi30K). ``device``: ``cpu``, ``cuda``
+    or ``cuda:N`` (a ValueError naming it when it is not here); a run may resume on another device (its
+    checkpoint holds the CUDA RNG state too, so dropout masks drawn on a GPU resume exactly on a GPU)."""
     config.validate()
+    check_device(device)
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(problem)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
@@ -164,7 +174,7 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
     corpus = corpus or load_corpus(config, data_dir, verify=verify)
     pairs = train_pairs(config, corpus)
     torch.manual_seed(config.seed)
-    model = build_model(config, corpus)
+    model = build_model(config, corpus, device)
     opt = torch.optim.SGD(model.parameters(), lr=config.resolved_lr())
     state = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "lr": config.resolved_lr(), "last_val_ppl": None,
              "history": [], "acc": _new_epoch_acc(), "train_time_s": 0.0}
@@ -180,7 +190,8 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
 
     def save():
         save_sealed({"format": CHECKPOINT_FORMAT, "config": cfg, "model": model.state_dict(),
-                     "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state()}, ckpt_path)
+                     "optimizer": opt.state_dict(), "state": state, "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}, ckpt_path)
 
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
@@ -241,7 +252,7 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
         state["batch_in_epoch"] = 0
         state["acc"] = _new_epoch_acc()
         save()
-    results = {"config": cfg, "history": state["history"], "steps": state["step"],
+    results = {"config": cfg, "device": device, "history": state["history"], "steps": state["step"],
                "train_time_s": state["train_time_s"], "final": state["history"][-1] if state["history"] else None,
                "best_epoch": state.get("best_epoch"), "best_val_ppl": state.get("best_val_ppl")}
     if (out / BEST).exists():               # evaluate the model with the best validation perplexity
