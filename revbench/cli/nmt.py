@@ -27,24 +27,27 @@ NMT_OVERRIDES = {
     "--layers": ("num_layers", int, "layers in the encoder and in the decoder"),
     "--lr": ("lr", float, "SGD learning rate (default: the paper's rate for the cell)"),
     "--dropout": ("dropout", float, "dropout rate"),
-    "--beam-size": ("beam_size", int, "beam size for test BLEU"),
-    "--length-penalty": ("length_penalty", finite_float, "beam: rank by log-prob / length**alpha"),
+    "--beam-size": ("beam_size", int, "beam width of the beam-search test BLEU (default 5; greedy BLEU is "
+                                      "always reported too)"),
+    "--length-penalty": ("length_penalty", finite_float,
+                         "ALPHA: beam search ranks hypotheses by log-probability / length**ALPHA (default 0: "
+                         "the plain log-probability)"),
     "--min-freq": ("min_freq", int, "vocabulary: words seen at least this often"),
     "--max-train": ("max_train", int, "use only the first N training pairs"),
     "--save-every": ("save_every", count_int, "checkpoint every N steps (0: at epoch ends only)"),
     "--loss-norm": ("loss_norm", ["sents", "tokens"],
                     "divide the summed token loss by sentences (OpenNMT, default) or tokens"),
-    "--dtype": ("dtype", ["float32", "float64"], None),
+    "--dtype": ("dtype", ["float32", "float64"], "floating-point type of the model (default float32)"),
 }
 FIELDS = {"epochs": "epochs", "seed": "seed", **table_fields(NMT_OVERRIDES)}   # argparse dest -> NMTConfig field
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, threads=None, threads_help: str = "torch's choice") -> None:
     parser.add_argument("--config", default="small", choices=["tiny", "small", "paper"],
                         help="named configuration (default: %(default)s): 'paper' = the paper's Multi30K setting "
                              "(H = emb = 300, 80 epochs), 'small' = CPU-sized (H = emb = 128, 3 epochs), "
                              "'tiny' = synthetic corpus, for smoke tests")
-    add_threads(parser, None, "torch's choice")
+    add_threads(parser, threads, threads_help)
     add_epochs(parser, _UNSET)
     add_seed(parser, _UNSET)
     add_overrides(parser, NMT_OVERRIDES, _UNSET)
@@ -52,6 +55,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def configure_train(parser: argparse.ArgumentParser) -> None:
     """Arguments of `revbench train nmt`."""
+    parser.description = ("Train one attention encoder-decoder on Multi30K English-to-German (or a synthetic corpus) "
+                          "with any training method, then report its test BLEU, greedy and beam search.")
+    _common(parser)
     add_data_options(parser, NMT_CORPORA, _UNSET, "multi30k; synthetic for config tiny")
     add_model_options(parser, _UNSET, "revgru, in the encoder and the decoder",
                       method_choices=["reversible", "bptt", "checkpoint", "gruslys", "torch-checkpoint", "revolve"],
@@ -60,7 +66,6 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--context", default=_UNSET,
                         help="attention context: 'h:D', 'emb', 'emb+h:D' (default emb+h:20) or 'all'")
     add_run_control(parser, "checkpoint, results, hypotheses", resume=True, progress=True)
-    _common(parser)
 
 
 def main_train(args: argparse.Namespace) -> int:
@@ -87,7 +92,8 @@ def main_train(args: argparse.Namespace) -> int:
     def run():
         cfg = make_config(args.config, **over)
         return cfg, train(cfg, args.out, resume=args.resume, data_dir=args.data_dir, verify=not args.no_verify,
-                          progress=False if args.no_progress or args.quiet else None, log=say_quiet(args.quiet))
+                          progress=False if args.no_progress or args.quiet else None, log=say_quiet(args.quiet),
+                          device=getattr(args, "device", None) or "cpu")
 
     done, rc = run_training("train nmt", args.out, (ValueError, FileNotFoundError, DataError, CheckpointError), run)
     if rc is not None:
@@ -100,6 +106,9 @@ def main_train(args: argparse.Namespace) -> int:
 
 def configure_reproduce(parser: argparse.ArgumentParser) -> None:
     """Arguments of `revbench reproduce nmt`."""
+    parser.description = ("Train the grid of Table 3 (cells x attention contexts x forgetting limits) and write "
+                          "its table, records and report; finished points are kept, a rerun continues.")
+    _common(parser, 1, "%(default)s, as reproduce lm, so runs can share cores")
     add_data_options(parser, NMT_CORPORA, verify=False)
     add_run_control(parser, "runs/<point>/, grid.json, README.md, index.html", default_out=Path("reports/nmt"))
     parser.add_argument("--points", default=None,
@@ -107,7 +116,6 @@ def configure_reproduce(parser: argparse.ArgumentParser) -> None:
                              "'revgru/emb+h:20/3,gru/all' (default: the configuration's priority list)")
     parser.add_argument("--force", action="store_true", help="retrain points that already have results")
     add_grid_control(parser, "grid point")
-    _common(parser)
 
 
 def main_reproduce(args: argparse.Namespace) -> int:

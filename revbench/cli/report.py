@@ -11,7 +11,7 @@ EXIT_BAD_INPUT = 3
 EPILOG = """\
 exit status:
   0  report written (its path is printed)
-  2  usage error (argparse)
+  2  bad arguments
   3  the JSON file is missing, malformed, not pytest-benchmark output, has no revbench
      records, or holds a value the record contract rules out (a wrong type, a negative or
      zero size, byte count or time, an unknown kind); or the report cannot be written
@@ -24,8 +24,10 @@ replaces an earlier report.
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
-    parser.add_argument("json", type=Path, help="benchmark JSON written by `pytest suites/ --benchmark-json FILE`")
-    parser.add_argument("-o", "--output", type=Path, default=None,
+    parser.add_argument("json", type=Path, metavar="JSON",
+                        help="benchmark JSON written by `revbench run` (out/benchmarks.json) or by "
+                             "`pytest suites/ --benchmark-json FILE`")
+    parser.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
                         help="HTML file to write (default: the JSON's name with .html)")
     parser.add_argument("--title", default=None, help="report title (default: 'revbench report: <json name>')")
 

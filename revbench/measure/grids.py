@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from revbench.measure.harness import BenchConfig
-from revbench.measure.seq2seq_bench import Seq2SeqBenchConfig
+# BenchConfig and Seq2SeqBenchConfig (whose modules import torch) are imported inside the grid functions, so that
+# GRIDS (`revbench run --help`) costs no torch import
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,8 @@ def _cases(methods, cfgs, rounds=3):
 
 
 def default_grid() -> list[Case]:
+    from revbench.measure.harness import BenchConfig
+
     small = BenchConfig(hidden_size=128, emb_size=128, batch_size=16, vocab_size=2000, seq_len=70)
     rev_methods = [("bptt", {}), ("reversible", {}), ("checkpoint", {}),
                    ("gruslys", {"budget": 0.1, "policy": "hsm"}), ("gruslys", {"budget": 0.1, "policy": "mixed"})]
@@ -67,6 +69,8 @@ def default_grid() -> list[Case]:
 def seq2seq_default_cases() -> list[Case]:
     """The encoder-decoder step side by side: RevGRU (context emb+h:20) with every method, the GRU baseline
     (attention over all hidden states) with the recomputing ones; batch 16, sentences up to 20 steps."""
+    from revbench.measure.seq2seq_bench import Seq2SeqBenchConfig
+
     rev = Seq2SeqBenchConfig(batch_size=16, src_len=20, tgt_len=20)
     recompute = [("checkpoint", {}), ("gruslys", {"budget": 0.1, "policy": "hsm"})]
     return (_cases([("bptt", {}), ("reversible", {}), *recompute], [rev])
@@ -75,6 +79,8 @@ def seq2seq_default_cases() -> list[Case]:
 
 
 def frontier_grid() -> list[Case]:
+    from revbench.measure.harness import BenchConfig
+
     # vocabulary 2000 as in the default grid: at 10000 the output layer costs ~8x the LSTM cell per step
     lstm = BenchConfig(cell="lstm", hidden_size=256, emb_size=256, batch_size=16, seq_len=1000, max_forget_bits=None,
                        vocab_size=2000)
@@ -92,6 +98,9 @@ def frontier_grid() -> list[Case]:
 
 
 def paper_grid() -> list[Case]:
+    from revbench.measure.harness import BenchConfig
+    from revbench.measure.seq2seq_bench import Seq2SeqBenchConfig
+
     cases = []
     for layers in (1, 2, 3):                    # emb = hidden = 650 in every layer, batch 20, T = 70, vocab 10000
         for cell in ("revlstm", "revgru"):
@@ -105,6 +114,8 @@ def paper_grid() -> list[Case]:
 
 
 def large_grid() -> list[Case]:
+    from revbench.measure.harness import BenchConfig
+
     base = BenchConfig(hidden_size=256, emb_size=256, batch_size=16, vocab_size=2000)
     cases = []
     for T in (1000, 3000, 10000):
