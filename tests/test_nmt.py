@@ -143,6 +143,10 @@ def test_cli_train_and_bad_input(tmp_path, capsys):
     assert nmt_cli.main_train(args) == 0
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["config"]["max_forget_bits"] is None and "test_bleu_beam" in res
+    hyps = (tmp_path / "r" / "test.hyp.txt").read_text().splitlines()   # the beam's outputs, one per sentence
+    ratio = res["test_length_ratio_beam"]            # hypothesis tokens / reference tokens of the beam's outputs
+    assert isinstance(ratio, float) and ratio >= 0 and (ratio > 0) == any(h.split() for h in hyps)
+    assert isinstance(res["test_length_ratio_greedy"], float) and res["test_length_ratio_greedy"] >= 0
     assert nmt_cli.main_train(args) == 2                 # the folder has a checkpoint: --resume needed
     assert "--resume" in capsys.readouterr().err
     bad = _parse(nmt_cli.configure_train, ["--config", "tiny", "--context", "bogus", "--out", str(tmp_path / "x")])

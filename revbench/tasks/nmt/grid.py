@@ -192,6 +192,8 @@ def _point_entry(res: dict) -> dict:
             "wall_time_s": res.get("wall_time_s"), "eval_time_s": res.get("eval_time_s"),
             "val_ppl": res.get("best_val_ppl"), "test_ppl": res.get("test_ppl"),
             "bleu_greedy": res.get("test_bleu_greedy"), "bleu_beam": res.get("test_bleu_beam"),
+            "length_ratio_greedy": res.get("test_length_ratio_greedy"),
+            "length_ratio_beam": res.get("test_length_ratio_beam"),
             "bleu_signature": res.get("bleu_signature"),
             **{k: fin.get(k) for k in ("enc_saving_actual", "enc_saving_ideal", "dec_saving_actual",
                                        "dec_saving_ideal")},

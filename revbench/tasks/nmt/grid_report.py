@@ -58,6 +58,7 @@ def grid_tables(summary: dict):
         "train min": None if e.get("train_time_s") is None else e["train_time_s"] / 60,
         "val ppl": e.get("val_ppl"), "test ppl": e.get("test_ppl"),
         "BLEU greedy": e.get("bleu_greedy"), "BLEU beam": e.get("bleu_beam"),
+        "length ratio greedy": e.get("length_ratio_greedy"), "length ratio beam": e.get("length_ratio_beam"),
         "enc saving actual": e.get("enc_saving_actual"), "enc saving ideal": e.get("enc_saving_ideal"),
         "dec saving actual": e.get("dec_saving_actual"), "dec saving ideal": e.get("dec_saving_ideal"),
         **{f"{m} peak MiB": None if e.get(f"{m}_live_peak_bytes") is None else e[f"{m}_live_peak_bytes"] / 2**20

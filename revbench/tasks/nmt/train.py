@@ -265,7 +265,10 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
         b, hyps = bleu_on(model, test, corpus.tgt_vocab, config.beam_size, config.length_penalty, config.replace_unk,
                           batch_size=config.batch_size)
         tl = evaluate_loss(model, test.pairs(), config.batch_size)
+        # the hypothesis/reference length ratio beside each BLEU: a low beam score from short outputs explains itself
         results.update({"test_bleu_greedy": g.score, "test_bleu_beam": b.score, "bleu_signature": b.signature,
+                        "test_length_ratio_greedy": g.sys_len / g.ref_len if g.ref_len else None,
+                        "test_length_ratio_beam": b.sys_len / b.ref_len if b.ref_len else None,
                         "test_ppl": tl["ppl"], "eval_time_s": time.perf_counter() - t0})
         atomic_write_text(out / "test.hyp.txt", "".join(" ".join(h) + "\n" for h in hyps))
         log(f"test BLEU greedy {g.score:.2f}, beam {config.beam_size}: {b.score:.2f} ({b.signature})")
