@@ -71,7 +71,8 @@ def say_quiet(quiet: bool):
 def add_overrides(p: argparse.ArgumentParser, table: dict, unset) -> None:
     """One option per ``flag -> (config field, type or list of choices, help)`` of ``table``, default ``unset``."""
     for flag, (_, typ, what) in table.items():
-        kind = {"choices": typ} if isinstance(typ, list) else {"type": typ}
+        kind = {"choices": typ} if isinstance(typ, list) else {
+            "type": typ, "metavar": "N" if typ in (int, positive_int, count_int, seed_int) else "X"}
         p.add_argument(flag, default=unset, help=what, **kind)
 
 
@@ -98,7 +99,7 @@ def add_data_options(p: argparse.ArgumentParser, corpora: list[str], default=Non
     if default_help is not None:
         g.add_argument("--data", default=default, choices=corpora, help=f"corpus (default: {default_help})")
     holding = " and ".join(f"{c}/" for c in corpora if c != "synthetic")
-    g.add_argument("--data-dir", default=None, help=f"data folder holding {holding} (default: $REVBENCH_DATA)")
+    g.add_argument("--data-dir", default=None, metavar="DIR", help=f"data folder holding {holding} (default: $REVBENCH_DATA)")
     if verify:
         g.add_argument("--no-verify", action="store_true",
                        help="skip the SHA256SUMS check (your own copy of the data)")
@@ -109,11 +110,11 @@ def add_model_options(p: argparse.ArgumentParser, unset, cell_default: str, meth
     """``--cell``, ``--max-forget-bits``, ``--method`` and ``--method-options`` (read back by ``model_overrides``)."""
     g = p.add_argument_group("model and training method")
     g.add_argument("--cell", default=unset, choices=CELLS, help=f"recurrent cell (default: {cell_default})")
-    g.add_argument("--max-forget-bits", type=forget_bits, default=unset,
+    g.add_argument("--max-forget-bits", type=forget_bits, default=unset, metavar="K",
                    help="max bits forgotten per unit per step, 1..10 or 'none' (reversible cells; default 3)")
     g.add_argument("--method", default=unset, choices=method_choices,
                    help=f"training method (default: reversible for reversible cells, bptt otherwise){method_note}")
-    g.add_argument("--method-options", default=unset,
+    g.add_argument("--method-options", default=unset, metavar="JSON",
                    help="JSON object of the method's options, e.g. '{\"segments\": 4}' (checkpoint) or "
                         "'{\"budget\": 0.1, \"policy\": \"mixed\"}' (gruslys)")
 
@@ -133,7 +134,7 @@ def model_overrides(args, unset) -> dict:
 
 def add_threads(p: argparse.ArgumentParser, default=None, default_help: str = "%(default)s",
                 per_run: bool = False) -> None:
-    p.add_argument("--threads", type=positive_int, default=default,
+    p.add_argument("--threads", type=positive_int, default=default, metavar="N",
                    help=f"torch CPU threads{' per run' if per_run else ''} (torch.set_num_threads; "
                         f"default: {default_help})")
 
@@ -144,20 +145,20 @@ def add_device(p: argparse.ArgumentParser, default_help: str = "the config's") -
 
 
 def add_seed(p: argparse.ArgumentParser, default=None) -> None:
-    p.add_argument("--seed", type=seed_int, default=default,
+    p.add_argument("--seed", type=seed_int, default=default, metavar="N",
                    help=f"random seed, 0..{run_options.SEED_MAX}" + (" (default: %(default)s)" if isinstance(default, int)
                                                                      else ""))
 
 
 def add_epochs(p: argparse.ArgumentParser, default=None) -> None:
-    p.add_argument("--epochs", type=int, default=default, help="training epochs (default: the config's)")
+    p.add_argument("--epochs", type=int, default=default, metavar="N", help="training epochs (default: the config's)")
 
 
 def add_run_control(p: argparse.ArgumentParser, contents: str = "", default_out: Path | None = None,
                     resume: bool = False, progress: bool = False) -> None:
     """``--out`` (required without ``default_out``), ``--resume``, ``--quiet`` and ``--no-progress``."""
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=default_out, required=default_out is None,
+    g.add_argument("--out", type=Path, default=default_out, required=default_out is None, metavar="DIR",
                    help="output folder" + (" (default: %(default)s)" if default_out is not None else "")
                         + (f": {contents}" if contents else ""))
     if resume:
@@ -171,7 +172,7 @@ def add_run_control(p: argparse.ArgumentParser, contents: str = "", default_out:
 def add_grid_control(p: argparse.ArgumentParser, unit: str, kept: str = "") -> None:
     """``--budget-minutes`` and ``--keep-checkpoints`` of a reproduction grid whose entries are ``unit``s."""
     g = p.add_argument_group("grid")
-    g.add_argument("--budget-minutes", type=float, default=None,
+    g.add_argument("--budget-minutes", type=float, default=None, metavar="MIN",
                    help=f"start no new {unit} after this many minutes (finished {unit}s are kept; rerun to continue)")
     g.add_argument("--keep-checkpoints", action="store_true",
                    help=f"keep checkpoint.pt/best.pt of finished {unit}s (deleted by default{kept})")
