@@ -179,12 +179,13 @@ def test_a_worker_killed_in_a_case_is_retried_and_the_run_completes(tmp_path, ca
     assert df["worker"].nunique() == 2                            # the retried case ran in a fresh worker
 
 
-def test_an_interrupted_run_resumes_without_repeating_finished_cases(tmp_path, capsys):
-    out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def interrupt_after_first_case(out, extra=(), env_extra=None):
+    """Start ``revbench run --filter CHEAP`` into ``out`` (plus ``extra``), press Ctrl-C once a case is kept in
+    the partial file; returns (exit status, stderr, the kept cases)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     run = subprocess.Popen([sys.executable, "-m", "revbench.cli", "run", "--filter", CHEAP, "--out", str(out),
-                            "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
-                           start_new_session=True)
+                            "--no-report", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                           env=env, start_new_session=True)
     try:
         end = time.monotonic() + 120
         while time.monotonic() < end and not (out / PARTIAL_NAME).exists():
@@ -196,9 +197,13 @@ def test_an_interrupted_run_resumes_without_repeating_finished_cases(tmp_path, c
         if run.poll() is None:
             run.kill()
             run.wait()
-    err = err.decode()
-    kept = json.loads((out / PARTIAL_NAME).read_text())["cases"]
-    assert run.returncode == 130 and "Traceback" not in err, err
+    return run.returncode, err.decode(), json.loads((out / PARTIAL_NAME).read_text())["cases"]
+
+
+def test_an_interrupted_run_resumes_without_repeating_finished_cases(tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err, kept = interrupt_after_first_case(out)
+    assert code == 130 and "Traceback" not in err, err
     assert 1 <= len(kept) < 3 and f"{len(kept)} finished case" in err and "resume" in err, err
     assert not workers(b"--revbench-engine-name=local", str(out).encode())   # nothing left running
 

@@ -4,18 +4,13 @@ case is retried and the run completes, an interrupted run resumes without repeat
 reproduction grid runs through Ray with the local engine's results. Skipped without Ray
 (`pip install "revbench[cluster]"`)."""
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
 from revbench.report.results import load_benchmarks
-from revbench.tasks.engine.partial import PARTIAL_NAME
 from tests.helpers import run_cli
-from tests.test_engine_local import CHEAP, ROOT, kill_in_case, workers
+from tests.test_engine_local import CHEAP, interrupt_after_first_case, kill_in_case, workers
 
 ONE = "bptt-s2s-gru-all"            # one case: a worker's whole life, twice
 
@@ -64,24 +59,9 @@ def test_a_ray_worker_killed_in_a_case_is_retried(cluster, tmp_path, capsys):
 
 def test_an_interrupted_ray_run_resumes_without_repeating_finished_cases(cluster, tmp_path, capsys):
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_ADDRESS": cluster}       # joins the module's Ray
-    run = subprocess.Popen([sys.executable, "-m", "revbench.cli", "run", "--filter", CHEAP, "--out", str(out),
-                            "--no-report", "--engine", "ray", "--parallel", "1"], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, cwd=ROOT, env=env, start_new_session=True)
-    try:
-        end = time.monotonic() + 120
-        while time.monotonic() < end and not (out / PARTIAL_NAME).exists():
-            time.sleep(0.1)
-        assert (out / PARTIAL_NAME).exists(), "no case finished"
-        os.killpg(run.pid, signal.SIGINT)
-        _, err = run.communicate(timeout=60)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
-    err = err.decode()
-    kept = json.loads((out / PARTIAL_NAME).read_text())["cases"]
-    assert run.returncode == 130 and "Traceback" not in err and "resume" in err, err
+    code, err, kept = interrupt_after_first_case(out, ("--engine", "ray", "--parallel", "1"),
+                                                 {"RAY_ADDRESS": cluster})              # joins the module's Ray
+    assert code == 130 and "Traceback" not in err and "resume" in err, err
     end = time.monotonic() + 20
     while workers(b"--revbench-engine-name=ray") and time.monotonic() < end:   # cancelled with the driver
         time.sleep(0.2)
