@@ -53,7 +53,7 @@ class RSSMeter(Meter):
 
     How: at the start, ``gc.collect()``, glibc's ``malloc_trim(0)`` (returns freed heap to the OS), then write
     ``5`` to ``/proc/self/clear_refs`` (resets the high-water mark ``VmHWM`` to the current RSS) and read
-    ``VmRSS``. At the end, read ``VmHWM``. ``rss_peak_delta_bytes`` = VmHWM(end) - VmRSS(start).
+    ``VmRSS``. At the end, read ``VmHWM``. ``rss_peak_delta_bytes`` = VmHWM(end) - VmRSS(start), at least 0.
     Coarse (page granularity, counts everything the process touches, including Python objects and the other
     meters' bookkeeping) but independent of the code measured. Best run each configuration in a fresh process.
     """
@@ -85,4 +85,6 @@ class RSSMeter(Meter):
         self._rss_start = _status_bytes("VmRSS")
 
     def _stop(self) -> dict[str, Any]:
-        return {"rss_peak_delta_bytes": _status_bytes("VmHWM") - self._rss_start}
+        # the kernel updates the high-water mark lazily (on unmap, not when reclaim pages memory out), so a
+        # region whose pages were reclaimed can end with VmHWM below the start's RSS: the peak was at least that
+        return {"rss_peak_delta_bytes": max(0, _status_bytes("VmHWM") - self._rss_start)}
