@@ -10,6 +10,8 @@
   it; per-step methods (reversible backprop, recomputation) call these once per
   time step, so the in-place form keeps a vocabulary-sized transient out of every
   step. All methods use the same functions, so comparisons stay fair.
+- ``output_loss``: the output layer and the step's cross-entropy in one node whose softmax and its gradient
+  share one [N, V] buffer (log_softmax, nll_loss and their backward would hold three at once).
 - ``scope(name)``: a ``torch.profiler.record_function`` region while the profiler runs (``revbench profile``
   sorts an op's time by the region it ran in), else a shared no-op context (no cost in a normal step).
 """
@@ -126,6 +128,70 @@ def output_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if not (torch.is_grad_enabled() and weight.requires_grad):
         return F.linear(x, weight, bias)
     return _OutputInto.apply(x, weight, bias)
+
+
+def _cross_entropy_in_place(logits: torch.Tensor, targets: torch.Tensor, keep_grad: bool):
+    """The summed cross-entropy of ``logits`` [N, V] (rows whose target is IGNORE count nothing), computed in
+    the logits' own buffer; with ``keep_grad`` the buffer ends holding d(sum)/d(logits) = softmax - one_hot
+    (zero on ignored rows). One [N, V] buffer where log_softmax + nll_loss and their backward make three."""
+    valid = targets != IGNORE
+    safe = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
+    logits.sub_(logits.amax(1, keepdim=True))          # logits - max: exp below cannot overflow
+    picked = logits.gather(1, safe)                     # the target's shifted logit
+    total = logits.exp_().sum(1, keepdim=True)          # sum of exp over the vocabulary
+    rows = total.log().sub_(picked).squeeze(1)          # -log softmax at the target
+    loss = torch.where(valid, rows, torch.zeros_like(rows)).sum()
+    if keep_grad:
+        logits.div_(total)                                                   # softmax
+        logits.scatter_add_(1, safe, valid.to(logits.dtype).neg().unsqueeze(1))   # - one_hot(target)
+        if not bool(valid.all()):
+            logits.mul_(valid.to(logits.dtype).unsqueeze(1))                 # ignored rows: no gradient
+    return loss
+
+
+class _OutputLoss(Function):
+    """The output layer and the step's cross-entropy as one node. Forward leaves d(loss)/d(logits) in the logits'
+    buffer (the only [N, V] tensor it keeps); backward scales it in place by the incoming gradient and forms the
+    three products: the weight gradient added into ``.grad`` (transposed on the CPU, as ``_OutputInto``), the
+    bias gradient, and the input's gradient. Its backward consumes the buffer, so it runs once."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, divisor):
+        logits = F.linear(x, weight, bias)
+        loss = _cross_entropy_in_place(logits, targets, keep_grad=True).div_(divisor)
+        ctx.weight, ctx.bias, ctx.divisor, ctx.used = weight, bias, divisor, False
+        # saved, not kept on ctx: saved-tensor hooks (torch.utils.checkpoint's recomputation, offloading, the
+        # saved-tensors meter) must see the [N, V] buffer
+        ctx.save_for_backward(x, logits)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.used:
+            raise RuntimeError("output_loss: backward ran twice through the same step (its buffer is consumed by "
+                               "the first); build the step again instead of retain_graph=True")
+        ctx.used = True
+        x, g = ctx.saved_tensors
+        g.mul_(grad / ctx.divisor)
+        w = ctx.weight
+        if w.requires_grad:
+            if w.grad is None and w.device.type == "cpu" and w.dim() == 2:
+                w.grad = torch.zeros(w.shape[::-1], dtype=w.dtype, device=w.device).t()
+            _grad_of(w).addmm_(g.t(), x)
+        if ctx.bias is not None and ctx.bias.requires_grad:
+            _grad_of(ctx.bias).add_(g.sum(0))
+        grad_x = g @ w if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, None
+
+
+def output_loss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                divisor: float) -> torch.Tensor:
+    """``F.cross_entropy(F.linear(x, weight, bias), targets, reduction="sum", ignore_index=IGNORE) / divisor``
+    (x: [N, H], targets: [N]) computed in one [N, V] buffer, with the output layer's weight and bias gradients
+    added in place into ``.grad`` (see ``_OutputLoss``). The loss has the same value with and without autograd."""
+    if not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
+        return _cross_entropy_in_place(F.linear(x, weight, bias), targets, keep_grad=False).div_(divisor)
+    return _OutputLoss.apply(x, weight, bias, targets, divisor)
 
 
 class _GatesInto(Function):

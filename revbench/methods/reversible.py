@@ -38,12 +38,22 @@ class Reversible(Method):
                 end, _ = chain.advance(t, end, grad=False, loss=False)   # its losses are not needed
         # hold the end state only if the model reads it afterwards (a language model's next segment)
         final = end if chain.needs_final else None
+        # a chain whose step loss reads only the step's end state (a language model's segment) gives that loss's
+        # gradient first; the cells then re-run without the output layer, whose buffers are gone by then
+        split = getattr(chain, "loss_and_grads", None)
         carry, grads, total, end = end, grad_end, None, None
         for t in range(chain.T - 1, -1, -1):
+            if split is not None:
+                loss, from_loss = split(t, carry)
+                grads = from_loss if grads is None else [_plus(a, b) for a, b in zip(grads, from_loss)]
             prev = chain.reverse(t, carry)
             leaf = chain.leaf(prev)
-            nxt, loss = chain.advance(t, leaf, grad=True, known=carry)
-            chain.backward([loss], nxt, grads)
+            if split is not None:
+                nxt, _ = chain.advance(t, leaf, grad=True, known=carry, loss=False)
+                chain.backward([], nxt, grads)
+            else:
+                nxt, loss = chain.advance(t, leaf, grad=True, known=carry)
+                chain.backward([loss], nxt, grads)
             grads = leaf.grads()
             total = loss.detach() if total is None else total + loss.detach()
             carry = prev
@@ -55,3 +65,7 @@ class Reversible(Method):
                 raise RuntimeError("reversal did not rebuild the start state exactly")
         return ChainResult(loss=total, final=final, start_grads=grads if grad_start else None,
                            stats={"stored_states_peak": 1})
+
+
+def _plus(a, b):
+    return b if a is None else a if b is None else a + b

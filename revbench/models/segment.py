@@ -18,12 +18,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from revbench.core.buffer import WordStack
 from revbench.core.buffer_reference import attach_lm, reference_bits, simulation_on
 from revbench.core.fixedpoint import from_fixed
-from revbench.core.functional import IGNORE, embedding_into, output_into, scope
+from revbench.core.functional import IGNORE, embedding_into, output_loss, scope
 from revbench.core.state import (Carry, LayerState, StateUndoer, StateUpdater, buffer_bits_allocated, buffers_empty,
                                  check_float_dtype, check_lengths, col, leaf_carry, start_carry)
 
@@ -95,8 +94,9 @@ class Segment:
 
     def advance(self, t: int, carry: Carry, grad: bool = False, known: Carry | None = None, loss: bool = True):
         """Step t: Carry(t) -> (Carry(t+1), loss_t). ``known``: the exact Carry(t+1), when already known (replay).
-        ``loss=False`` (without ``grad`` only): skip the output layer and the loss, return (Carry(t+1), None); a
-        forward pass whose losses are thrown away (reversible backprop's) saves the step's largest matrix product."""
+        ``loss=False``: skip the output layer and the loss, return (Carry(t+1), None); a forward pass whose losses
+        are thrown away (reversible backprop's) saves the step's largest matrix product, and a replay whose loss
+        ``loss_and_grads`` took care of records only the cells."""
         self.counters["forward_steps"] += 1
         mask = None if self.step_masks is None else self.step_masks[t]
         with torch.set_grad_enabled(grad):
@@ -117,23 +117,36 @@ class Segment:
                         floats = tuple(torch.where(col(mask), f, o) for f, o in zip(floats, ls.floats))
                     new = LayerState(None, tuple(floats), None)
                 new_layers.append(new)
-                if loss or grad or l < len(self.model.cells) - 1:     # the top layer's output feeds only the loss
+                if loss or l < len(self.model.cells) - 1:     # the top layer's output feeds only the loss
                     x = self._between(l, cell.output(new.floats))
             if ideal is not None and known is None:
                 self.ideal_bits[t] = ideal
-            if loss or grad:
-                with scope("revbench.output"):
-                    if self.masks.outputs is not None:
-                        x = x * self.masks.outputs
-                    logits = output_into(x, self.model.decoder.weight, self.model.decoder.bias)
-                    loss = F.cross_entropy(logits, self.targets[t], reduction="sum",
-                                           ignore_index=IGNORE) / self.n_tokens
-            else:
-                loss = None
+            loss = self._loss(t, x) if loss else None
         out = Carry(tuple(new_layers))
         if self.keep_words and known is None:
             self.buffer_bits_peak = max(self.buffer_bits_peak, self.buffer_bits_allocated(out))
         return out, loss
+
+    def _loss(self, t: int, x):
+        with scope("revbench.output"):
+            if self.masks.outputs is not None:
+                x = x * self.masks.outputs
+            return output_loss(x, self.model.decoder.weight, self.model.decoder.bias, self.targets[t], self.n_tokens)
+
+    def loss_and_grads(self, t: int, carry: Carry):
+        """Step t's loss and its gradient with respect to Carry(t+1) = ``carry`` (a list like ``carry.floats()``,
+        None where the loss does not reach), from that state alone; the output layer's weight gradients go into
+        ``.grad``. The same loss and gradients as ``advance(t, ..., grad=True)`` followed by ``backward``: the top
+        layer's output is a function of Carry(t+1) only. Reversible backprop calls it before re-running step t's
+        cells with ``loss=False``, so the output layer's [B, vocab] buffer and the cells' graph are never alive
+        together."""
+        top = len(self.model.cells) - 1
+        floats = [f.detach().requires_grad_() for f in carry.layers[top].floats]
+        with torch.enable_grad():
+            loss = self._loss(t, self._between(top, self.model.cells[top].output(floats)))
+            got = torch.autograd.grad(loss, floats, allow_unused=True)
+        below = sum(len(ls.floats) for ls in carry.layers[:top])
+        return loss.detach(), [None] * below + list(got)
 
     @torch.no_grad()
     def reverse(self, t: int, carry: Carry) -> Carry:
