@@ -179,6 +179,53 @@ def test_memory_figures_in_log_and_result(tmp_path):
     json.dumps(res)      # plain JSON
 
 
+def test_saving_through_training_is_logged(tmp_path):
+    """Each log interval records its steps' savings; a "memory" record before training and after each epoch holds
+    the allocator saving on the same segment, whose last one is the result's (same model, segment and masks)."""
+    cfg = tiny(cell="revgru", epochs=2, measure_memory=True, final_memory=True, log_interval=5)
+    res = train(cfg, tmp_path, quiet=True)
+    log = read_log(tmp_path / "log.jsonl")
+    progress = [r for r in log if r["event"] == "progress"]
+    assert progress and all(r["saving_actual"] > 1 and r["saving_ideal"] > 0 for r in progress)
+    mem = [r for r in log if r["event"] == "memory"]
+    assert [(r["epoch"], r["global_step"] == 0) for r in mem] == [(1, True), (1, False), (2, False)]
+    assert all(r["allocator_saving"] == r["bptt_peak_bytes"] / r["method_peak_bytes"] for r in mem)
+    assert mem[-1]["allocator_saving"] == res["allocator_saving"]
+    assert mem[0]["segment"] == res["final_memory"]["segment"]
+
+
+def test_memory_records_do_not_change_training(tmp_path):
+    """The probes step a copy of the model with the RNG restored: parameters end bitwise as without them."""
+    kw = dict(cell="revlstm", epochs=2, log_interval=5)
+    train(tiny(measure_memory=True, **kw), tmp_path / "a", quiet=True)
+    train(tiny(measure_memory=False, **kw), tmp_path / "b", quiet=True)
+    a, b = _params(tmp_path / "a" / "checkpoint.pt"), _params(tmp_path / "b" / "checkpoint.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(r["event"] == "memory" for r in read_log(tmp_path / "a" / "log.jsonl"))
+    assert not any(r["event"] == "memory" for r in read_log(tmp_path / "b" / "log.jsonl"))
+
+
+def test_training_curve_and_its_figure(tmp_path):
+    from revbench.tasks.lm.records import lm_records, training_curve
+    from revbench.tasks.lm.report import fig_saving_through_training, lm_sections
+
+    run = tmp_path / "runs" / "r"
+    train(tiny(cell="revgru", epochs=2, measure_memory=True, final_memory=True, log_interval=5), run, quiet=True)
+    with open(run / "log.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{not json\n")                                   # a damaged line is skipped
+    curve = training_curve(run / "log.jsonl")
+    xs = [p[0] for p in curve["paper"]]
+    assert xs == sorted(xs) and 0 < xs[0] < 1 < xs[-1] <= 2
+    assert [a[0] for a in curve["allocator"]] == [0, 1, 2]
+    assert training_curve(tmp_path / "missing.jsonl") == {"paper": [], "allocator": []}
+    recs = lm_records(tmp_path)
+    assert recs[0]["training_curve"] == curve
+    assert fig_saving_through_training(recs, recs[0]["data"]) is not None
+    assert fig_saving_through_training(recs, "wikitext2") is None
+    titles = [t for t, _ in lm_sections(recs)]
+    assert f"Figure: {recs[0]['data']}, the saving through training" in titles
+
+
 # --------------------------------------------------------------------------------------------- CLI
 def test_cli_missing_data_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("REVBENCH_DATA", raising=False)

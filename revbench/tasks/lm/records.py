@@ -52,6 +52,31 @@ def _first_start(log_path: Path):
     return None
 
 
+def training_curve(log_path: Path) -> dict:
+    """The savings of a run through its training, from its log.jsonl: ``paper`` = [(epochs, actual, ideal)] per
+    log interval (the interval's steps, ratio of sums), ``allocator`` = [(epochs, allocator saving)] from its
+    ``"memory"`` records (0 = before training, e = after epoch e). Epochs are fractional: epoch e's step s of S
+    is e - 1 + s / S. Empty lists for a log that has none (ordinary cells, a run older than these records); a
+    line that is not JSON is skipped."""
+    paper, alloc = [], []
+    try:
+        lines = log_path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("event") == "progress" and rec.get("saving_actual") and rec.get("steps"):
+            paper.append((rec["epoch"] - 1 + rec["step"] / rec["steps"], rec["saving_actual"], rec.get("saving_ideal")))
+        elif rec.get("event") == "memory" and rec.get("allocator_saving"):
+            alloc.append((rec["epoch"] - 1 if rec.get("global_step") == 0 else rec["epoch"], rec["allocator_saving"]))
+    return {"paper": paper, "allocator": alloc}
+
+
 def lm_records(out_dir) -> list[dict]:
     """Records of every finished run under ``<out_dir>/runs`` (sorted by data, cell, layers, limit)."""
     recs = []
@@ -63,6 +88,7 @@ def lm_records(out_dir) -> list[dict]:
         rec = lm_record(result, res.parent.name)
         rec["finished_at"] = result.get("finished_at")
         rec["started_at"] = _first_start(res.parent / "log.jsonl")
+        rec["training_curve"] = training_curve(res.parent / "log.jsonl")
         recs.append(rec)
     order = {c: i for i, c in enumerate(("gru", "revgru", "nf-revgru", "lstm", "revlstm", "nf-revlstm"))}
     lim = {2: 0, 3: 1, 5: 2, None: 9}

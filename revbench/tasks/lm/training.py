@@ -37,6 +37,7 @@ stepped by ``bptt`` and by the run's method with the same dropout masks, and the
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -186,6 +187,8 @@ class Trainer:
             self._say("already finished; result.json is up to date")
             with open(self.result_path, encoding="utf-8") as fh:
                 return json.load(fh)
+        if not resumed:
+            self._probe_memory()                      # the untrained model: where the saving starts
         while self.epoch <= cfg.epochs:
             stopped = self._train_epoch()
             if stopped:
@@ -237,9 +240,10 @@ class Trainer:
                     acc["steps"] += 1
                     acc["time_s"] += dt
                 if out.stats.get("buffer_bits_actual") is not None:
-                    self.epoch_acc["with_buffer_steps"] += 1
-                    for k in STAT_SUMS:
-                        self.epoch_acc[k] += float(out.stats.get(k) or 0.0)
+                    for acc in (self.epoch_acc, self.interval_acc):
+                        acc["with_buffer_steps"] = acc.get("with_buffer_steps", 0) + 1
+                        for k in STAT_SUMS:
+                            acc[k] = acc.get(k, 0.0) + float(out.stats.get(k) or 0.0)
                 self.step_in_epoch += 1
                 self.global_step += 1
                 bar.update(loss=f"{loss:.3f}", lr=f"{self.lr:g}")
@@ -277,7 +281,7 @@ class Trainer:
         self._log({"event": "progress", "epoch": self.epoch, "step": self.step_in_epoch, "steps": n_segments,
                    "global_step": self.global_step, "loss": loss, "ppl": math.exp(min(loss, 700.0)), "lr": self.lr,
                    "tokens_per_s": a["tokens"] / a["time_s"] if a["time_s"] else None,
-                   "elapsed_s": round(self._elapsed(), 3)})
+                   **epoch_savings(a), "elapsed_s": round(self._elapsed(), 3)})
         if not self.progress:
             self._say(f"  epoch {self.epoch} step {self.step_in_epoch}/{n_segments}  loss {loss:.3f}  "
                       f"ppl {math.exp(min(loss, 700.0)):.1f}  lr {self.lr:g}")
@@ -298,6 +302,7 @@ class Trainer:
                "tokens_per_s": a["tokens"] / a["time_s"] if a["time_s"] else None, "train_time_s": a["time_s"],
                "eval_time_s": eval_s}
         rec.update(epoch_savings(a))
+        self._probe_memory()
         mem = a["memory"] or {}
         rec.update({f"step_{k}": v for k, v in mem.items()})
         if improved:
@@ -323,6 +328,32 @@ class Trainer:
         self.epoch_acc, self.interval_acc = new_epoch_acc(), new_interval_acc()
         self.save_checkpoint()
 
+    def _compare_memory(self, model=None) -> dict:
+        """bptt and the run's method on the first segment of the training data (always the same one, with the
+        same dropout masks): what ``final_memory`` and the per-epoch memory records measure."""
+        cfg = self.cfg
+        seg_len = min(cfg.bptt, self.train_data.size(0) - 1)
+        return compare_memory(self.model if model is None else model, cfg.method, cfg.method_options,
+                              self.train_data[:seg_len], self.train_data[1:seg_len + 1], seed=cfg.seed + 2,
+                              device=cfg.device)
+
+    def _probe_memory(self) -> None:
+        """A ``"memory"`` log record: the allocator saving and the step's paper-style savings of the model as it
+        is now, on ``_compare_memory``'s segment (before training and after each epoch: the saving moves as the
+        gates learn how much to forget). Only for a method that saves memory (not bptt). It steps a copy of the
+        model (the RNG state is restored too), so the run trains exactly as without it."""
+        cfg = self.cfg
+        if not (cfg.measure_memory and cfg.method != "bptt"):
+            return
+        fm = self._compare_memory(copy.deepcopy(self.model))
+        own = fm.get(cfg.method) or {}
+        self._log({"event": "memory", "epoch": self.epoch, "global_step": self.global_step,
+                   "allocator_saving": fm.get("allocator_saving"),
+                   "bptt_peak_bytes": (fm.get("bptt") or {}).get("peak_bytes"),
+                   "method_peak_bytes": own.get("peak_bytes"), "peak_bytes_meter": own.get("peak_bytes_meter"),
+                   "saving_actual": own.get("saving_actual"), "saving_ideal": own.get("saving_ideal"),
+                   "segment": fm.get("segment")})
+
     def _finish(self) -> dict:
         cfg = self.cfg
         if self.best_path.exists():
@@ -332,12 +363,7 @@ class Trainer:
         val = evaluate(self.model, self.valid_data, cfg.bptt, cfg.carry_state)
         test = evaluate(self.model, self.test_data, cfg.bptt, cfg.carry_state)
         eval_s = time.perf_counter() - t0
-        final_memory = None
-        if cfg.final_memory:
-            seg_len = min(cfg.bptt, self.train_data.size(0) - 1)
-            final_memory = compare_memory(self.model, cfg.method, cfg.method_options,
-                                          self.train_data[:seg_len], self.train_data[1:seg_len + 1],
-                                          seed=cfg.seed + 2, device=cfg.device)
+        final_memory = self._compare_memory() if cfg.final_memory else None
         epochs = [h for h in self.history]
         last = epochs[-1] if epochs else {}
         result = {
