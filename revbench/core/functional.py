@@ -130,22 +130,42 @@ def output_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _OutputInto.apply(x, weight, bias)
 
 
-def _cross_entropy_in_place(logits: torch.Tensor, targets: torch.Tensor, keep_grad: bool):
+class Targets:
+    """A step's target ids prepared for ``output_loss`` once (a segment prepares all its steps at once):
+    ``index`` [N, 1] (the target, 0 on an ignored row), ``minus_one`` [N, 1] (-1, 0 on an ignored row: added at the
+    target to turn the softmax into its gradient) and ``keep`` [N, 1] (1 or 0; None when no row is ignored)."""
+
+    __slots__ = ("index", "minus_one", "keep")
+
+    def __init__(self, index: torch.Tensor, minus_one: torch.Tensor, keep: torch.Tensor | None):
+        self.index, self.minus_one, self.keep = index, minus_one, keep
+
+    @classmethod
+    def of(cls, targets: torch.Tensor, dtype: torch.dtype) -> "Targets":
+        """From target ids of any shape (IGNORE: the row counts nothing); the fields get a trailing 1-dim."""
+        valid = targets != IGNORE
+        keep = valid.to(dtype).unsqueeze(-1)
+        index = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(-1)
+        return cls(index, keep.neg(), None if bool(valid.all()) else keep)
+
+    def __getitem__(self, t) -> "Targets":
+        """Step t's rows of a segment's (T, B, 1) preparation."""
+        return Targets(self.index[t], self.minus_one[t], None if self.keep is None else self.keep[t])
+
+
+def _cross_entropy_in_place(logits: torch.Tensor, tg: Targets, keep_grad: bool):
     """The summed cross-entropy of ``logits`` [N, V] (rows whose target is IGNORE count nothing), computed in
     the logits' own buffer; with ``keep_grad`` the buffer ends holding d(sum)/d(logits) = softmax - one_hot
     (zero on ignored rows). One [N, V] buffer where log_softmax + nll_loss and their backward make three."""
-    valid = targets != IGNORE
-    safe = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(1)
-    logits.sub_(logits.amax(1, keepdim=True))          # logits - max: exp below cannot overflow
-    picked = logits.gather(1, safe)                     # the target's shifted logit
+    logits.sub_(logits.amax(1, keepdim=True))           # logits - max: exp below cannot overflow
+    picked = logits.gather(1, tg.index)                 # the target's shifted logit
     total = logits.exp_().sum(1, keepdim=True)          # sum of exp over the vocabulary
-    rows = total.log().sub_(picked).squeeze(1)          # -log softmax at the target
-    loss = torch.where(valid, rows, torch.zeros_like(rows)).sum()
+    rows = total.log().sub_(picked)                     # -log softmax at the target, [N, 1]
+    loss = (rows if tg.keep is None else rows.mul_(tg.keep)).sum()
     if keep_grad:
-        logits.div_(total)                                                   # softmax
-        logits.scatter_add_(1, safe, valid.to(logits.dtype).neg().unsqueeze(1))   # - one_hot(target)
-        if not bool(valid.all()):
-            logits.mul_(valid.to(logits.dtype).unsqueeze(1))                 # ignored rows: no gradient
+        logits.div_(total).scatter_add_(1, tg.index, tg.minus_one)   # softmax - one_hot(target)
+        if tg.keep is not None:
+            logits.mul_(tg.keep)                                      # ignored rows: no gradient
     return loss
 
 
@@ -184,11 +204,14 @@ class _OutputLoss(Function):
         return grad_x, None, None, None, None
 
 
-def output_loss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+def output_loss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets,
                 divisor: float) -> torch.Tensor:
     """``F.cross_entropy(F.linear(x, weight, bias), targets, reduction="sum", ignore_index=IGNORE) / divisor``
     (x: [N, H], targets: [N]) computed in one [N, V] buffer, with the output layer's weight and bias gradients
-    added in place into ``.grad`` (see ``_OutputLoss``). The loss has the same value with and without autograd."""
+    added in place into ``.grad`` (see ``_OutputLoss``). The loss has the same value with and without autograd.
+    ``targets``: a LongTensor of ids or their ``Targets`` (prepared once per segment: fewer ops per step)."""
+    if not isinstance(targets, Targets):
+        targets = Targets.of(targets, x.dtype)
     if not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)):
         return _cross_entropy_in_place(F.linear(x, weight, bias), targets, keep_grad=False).div_(divisor)
     return _OutputLoss.apply(x, weight, bias, targets, divisor)

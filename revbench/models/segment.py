@@ -22,7 +22,7 @@ import torch
 from revbench.core.buffer import WordStack
 from revbench.core.buffer_reference import attach_lm, reference_bits, simulation_on
 from revbench.core.fixedpoint import from_fixed
-from revbench.core.functional import IGNORE, embedding_into, output_loss, scope
+from revbench.core.functional import IGNORE, Targets, embedding_into, output_loss, scope
 from revbench.core.state import (Carry, LayerState, StateUndoer, StateUpdater, buffer_bits_allocated, buffers_empty,
                                  check_float_dtype, check_lengths, col, leaf_carry, start_carry)
 
@@ -56,6 +56,7 @@ class Segment:
             self.n_tokens = self.T * self.B
         if self.n_tokens == 0:
             raise ValueError("the segment has no target tokens (all lengths are 0)")
+        self.prepared = Targets.of(self.targets, self.dtype)       # the output layer's targets, once per segment
         # per-segment dropped recurrent weights, as autograd leaves whose grads ``finish`` chains to parameters
         self.weight_leaves = []
         for c, wm in zip(model.cells, self.masks.weights):
@@ -131,7 +132,8 @@ class Segment:
         with scope("revbench.output"):
             if self.masks.outputs is not None:
                 x = x * self.masks.outputs
-            return output_loss(x, self.model.decoder.weight, self.model.decoder.bias, self.targets[t], self.n_tokens)
+            return output_loss(x, self.model.decoder.weight, self.model.decoder.bias, self.prepared[t],
+                               self.n_tokens)
 
     def loss_and_grads(self, t: int, carry: Carry):
         """Step t's loss and its gradient with respect to Carry(t+1) = ``carry`` (a list like ``carry.floats()``,
