@@ -133,7 +133,8 @@ def output_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 class Targets:
     """A step's target ids prepared for ``output_loss`` once (a segment prepares all its steps at once):
     ``index`` [N, 1] (the target, 0 on an ignored row), ``minus_one`` [N, 1] (-1, 0 on an ignored row: added at the
-    target to turn the softmax into its gradient) and ``keep`` [N, 1] (1 or 0; None when no row is ignored)."""
+    target to turn the softmax into its gradient) and ``keep`` [N, 1] (1 or 0; None when no row is ignored).
+    Without ignored rows ``index`` is a view of the ids and one [N, 1] of -1 serves every step: no memory per step."""
 
     __slots__ = ("index", "minus_one", "keep")
 
@@ -144,13 +145,17 @@ class Targets:
     def of(cls, targets: torch.Tensor, dtype: torch.dtype) -> "Targets":
         """From target ids of any shape (IGNORE: the row counts nothing); the fields get a trailing 1-dim."""
         valid = targets != IGNORE
+        if bool(valid.all()):
+            return cls(targets.unsqueeze(-1), torch.full(targets.shape[-1:] + (1,), -1.0, dtype=dtype,
+                                                         device=targets.device), None)
         keep = valid.to(dtype).unsqueeze(-1)
-        index = torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(-1)
-        return cls(index, keep.neg(), None if bool(valid.all()) else keep)
+        return cls(torch.where(valid, targets, torch.zeros_like(targets)).unsqueeze(-1), keep.neg(), keep)
 
     def __getitem__(self, t) -> "Targets":
         """Step t's rows of a segment's (T, B, 1) preparation."""
-        return Targets(self.index[t], self.minus_one[t], None if self.keep is None else self.keep[t])
+        if self.keep is None:
+            return Targets(self.index[t], self.minus_one, None)
+        return Targets(self.index[t], self.minus_one[t], self.keep[t])
 
 
 def _cross_entropy_in_place(logits: torch.Tensor, tg: Targets, keep_grad: bool):

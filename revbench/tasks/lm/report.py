@@ -199,7 +199,13 @@ def lm_differences(records: list[dict], cfg_dict: dict | None) -> list[str]:
         out.append(f"Segment length {c.get('bptt')} instead of 70: the buffer's fixed part (a 32-bit live state "
                    "per 4 units and batch element, plus the first 16-bit word chunk) is amortised over fewer steps, "
                    "so the 'actual' saving is lower than at 70 steps; the 'ideal' saving does not depend on the length.")
-    out.append("Depth: one layer only (the paper also trains 2 and 3 layers).")
+    depths = sorted({r["num_layers"] for r in records}) or [1]
+    if depths == [1]:
+        out.append("Depth: one layer only (the paper also trains 2 and 3 layers).")
+    else:
+        out.append(f"Depth: {', '.join(str(d) for d in depths)} layers (the paper trains 1, 2 and 3); deeper models "
+                   "run only the forgetting limits and cells named in the command, each layer with its own "
+                   "buffer, and the savings count every layer's states.")
     out.append("Savings: the paper's buffer pushes whole [batch, units] int64 chunks and one flag per step; ours is "
                "a streaming buffer (per-unit words), so 'actual' savings are not comparable one to one. The "
                "paper-style figures count hidden/cell states only; the allocator saving counts every byte of a "
