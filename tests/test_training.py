@@ -179,6 +179,15 @@ def test_memory_figures_in_log_and_result(tmp_path):
     json.dumps(res)      # plain JSON
 
 
+def test_result_names_the_code_the_run_started_with(tmp_path, monkeypatch):
+    """A commit made while a run trains is not the code it ran: result.json keeps the environment of the start."""
+    calls = iter([{"commit": "at-start"}, {"commit": "later"}])
+    monkeypatch.setattr(training, "environment_info", lambda device: next(calls))
+    res = train(tiny(cell="gru", method="bptt"), tmp_path, quiet=True)
+    start = [r for r in read_log(tmp_path / "log.jsonl") if r["event"] == "start"][0]
+    assert res["environment"] == start["environment"] == {"commit": "at-start"}
+
+
 def test_saving_through_training_is_logged(tmp_path):
     """Each log interval records its steps' savings; a "memory" record before training and after each epoch holds
     the allocator saving on the same segment, whose last one is the result's (same model, segment and masks)."""

@@ -176,10 +176,12 @@ class Trainer:
         self._t_start = time.monotonic()
         self._last_ckpt_time, self._last_ckpt_step = time.monotonic(), self.global_step
         cfg = self.cfg
+        # the code this process runs is the checkout's at its start: a commit made while it trains is not in it
+        self.environment = environment_info(cfg.device)
         self._log({"event": "start", "resumed": resumed, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                    "global_step": self.global_step, "config": cfg.to_dict(), "vocab_size": self.corpus.vocab_size,
                    "parameters": sum(p.numel() for p in self.model.parameters()),
-                   "environment": environment_info(cfg.device), "time": time.time()})
+                   "environment": self.environment, "time": time.time()})
         self._say(f"revbench train: {cfg.data} {cfg.cell} L{cfg.num_layers} {cfg.layer_sizes()} "
                   f"k={cfg.max_forget_bits if cfg.reversible else '-'} method={cfg.method} -> {self.out}"
                   + (f" (resumed at epoch {self.epoch}, step {self.step_in_epoch})" if resumed else ""))
@@ -379,7 +381,7 @@ class Trainer:
             "history": epochs, "final_memory": final_memory,
             "allocator_saving": final_memory.get("allocator_saving") if final_memory else None,
             "train_time_s": round(self._elapsed(), 3), "final_eval_time_s": round(eval_s, 3),
-            "environment": environment_info(cfg.device), "finished_at": time.time(),
+            "environment": self.environment, "finished_at": time.time(),
         }
         if cfg.data == "synthetic":
             result["perplexity_floor"] = self.corpus.info.get("perplexity_floor")
