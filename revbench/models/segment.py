@@ -56,7 +56,7 @@ class Segment:
             self.n_tokens = self.T * self.B
         if self.n_tokens == 0:
             raise ValueError("the segment has no target tokens (all lengths are 0)")
-        self.prepared = Targets.of(self.targets, self.dtype)       # the output layer's targets, once per segment
+        self._prepared = None          # the output layer's targets, prepared at the first loss (``_loss``)
         # per-segment dropped recurrent weights, as autograd leaves whose grads ``finish`` chains to parameters
         self.weight_leaves = []
         for c, wm in zip(model.cells, self.masks.weights):
@@ -132,7 +132,9 @@ class Segment:
         with scope("revbench.output"):
             if self.masks.outputs is not None:
                 x = x * self.masks.outputs
-            return output_loss(x, self.model.decoder.weight, self.model.decoder.bias, self.prepared[t],
+            if self._prepared is None:
+                self._prepared = Targets.of(self.targets, self.dtype)
+            return output_loss(x, self.model.decoder.weight, self.model.decoder.bias, self._prepared[t],
                                self.n_tokens)
 
     def loss_and_grads(self, t: int, carry: Carry):
