@@ -96,7 +96,8 @@ def fig_saving_through_training(records: list[dict], data: str = "ptb"):
         bottom.set_xlabel("epochs of training")
         for ax in (top, bottom):
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, ncol=2)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
