@@ -220,17 +220,23 @@ def test_training_curve_and_its_figure(tmp_path):
 
     run = tmp_path / "runs" / "r"
     train(tiny(cell="revgru", epochs=2, measure_memory=True, final_memory=True, log_interval=5), run, quiet=True)
+    worst = max(r["ppl"] for r in read_log(run / "log.jsonl") if r["event"] == "progress")
     with open(run / "log.jsonl", "a", encoding="utf-8") as fh:
         fh.write("{not json\n")                                   # a damaged line is skipped
     curve = training_curve(run / "log.jsonl")
     xs = [p[0] for p in curve["paper"]]
     assert xs == sorted(xs) and 0 < xs[0] < 1 < xs[-1] <= 2
     assert [a[0] for a in curve["allocator"]] == [0, 1, 2]
-    assert training_curve(tmp_path / "missing.jsonl") == {"paper": [], "allocator": []}
+    assert training_curve(tmp_path / "missing.jsonl") == {"paper": [], "allocator": [], "max_train_ppl": None}
+    assert curve["max_train_ppl"] == worst
     recs = lm_records(tmp_path)
     assert recs[0]["training_curve"] == curve
     assert fig_saving_through_training(recs, recs[0]["data"]) is not None
     assert fig_saving_through_training(recs, "wikitext2") is None
+    from revbench.tasks.lm.report import lm_differences
+    assert not any("diverged" in d for d in lm_differences(recs, None))
+    recs[0]["training_curve"]["max_train_ppl"] = 11 * recs[0]["vocab_size"]     # as a run that blew up on the way
+    assert any(d.startswith(f"{recs[0]['run']} diverged while training") for d in lm_differences(recs, None))
     titles = [t for t, _ in lm_sections(recs)]
     assert f"Figure: {recs[0]['data']}, the saving through training" in titles
 

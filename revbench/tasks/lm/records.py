@@ -32,6 +32,7 @@ def lm_record(result: dict, run_name: str) -> dict:
         "peak_meter": (fm.get("bptt") or {}).get("peak_bytes_meter"),
         "memory_segment": f"T={fm['segment']['seq_len']} B={fm['segment']['batch_size']}" if fm.get("segment") else None,
         "train_ppl_last_epoch": last.get("train_ppl"), "parameters": result.get("parameters"),
+        "vocab_size": result.get("vocab_size"),
         "layer_sizes": "/".join(str(s) for s in result.get("layer_sizes", [])),
         "batch_size": cfg.get("batch_size"), "bptt": cfg.get("bptt"),
         "train_minutes": result["train_time_s"] / 60.0, "device": cfg.get("device"),
@@ -57,8 +58,9 @@ def training_curve(log_path: Path) -> dict:
     log interval (the interval's steps, ratio of sums), ``allocator`` = [(epochs, allocator saving)] from its
     ``"memory"`` records (0 = before training, e = after epoch e). Epochs are fractional: epoch e's step s of S
     is e - 1 + s / S. Empty lists for a log that has none (ordinary cells, a run older than these records); a
-    line that is not JSON is skipped."""
-    paper, alloc = [], []
+    line that is not JSON is skipped. ``max_train_ppl``: the highest training perplexity of a log interval (None
+    without intervals), which shows a run that diverged on the way even where it recovered."""
+    paper, alloc, ppls = [], [], []
     try:
         lines = log_path.read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -70,11 +72,13 @@ def training_curve(log_path: Path) -> dict:
             continue
         if not isinstance(rec, dict):
             continue
+        if rec.get("event") == "progress" and isinstance(rec.get("ppl"), (int, float)):
+            ppls.append(rec["ppl"])
         if rec.get("event") == "progress" and rec.get("saving_actual") and rec.get("steps"):
             paper.append((rec["epoch"] - 1 + rec["step"] / rec["steps"], rec["saving_actual"], rec.get("saving_ideal")))
         elif rec.get("event") == "memory" and rec.get("allocator_saving"):
             alloc.append((rec["epoch"] - 1 if rec.get("global_step") == 0 else rec["epoch"], rec["allocator_saving"]))
-    return {"paper": paper, "allocator": alloc}
+    return {"paper": paper, "allocator": alloc, "max_train_ppl": max(ppls) if ppls else None}
 
 
 def lm_records(out_dir) -> list[dict]:
