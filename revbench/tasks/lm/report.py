@@ -37,6 +37,8 @@ def fig_lm(records: list[dict], data: str = "ptb"):
         x = [xs[r["max_forget_bits"]] for r in pts]
         col = colours.get(c, None)
         lab = f"{L}-layer {CELL_LABEL[c]}"
+        if L > 1:                                  # a deeper model of the same cell: same colour, lighter
+            col = {"revgru": "#7fa7dd", "revlstm": "#e8998f"}.get(c, col)
         ax1.plot(x, [r["valid_ppl"] for r in pts], "o-", color=col, label=lab)
         base = [b for b in recs if b["cell"] == BASELINE_OF[c] and b["num_layers"] == L]
         if base:
@@ -53,6 +55,9 @@ def fig_lm(records: list[dict], data: str = "ptb"):
         ax.set_xlabel("max forgetting per unit per step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    ppls = [r["valid_ppl"] for r in recs if r.get("valid_ppl")]
+    if ppls and max(ppls) > 3 * min(ppls):        # a diverged run would flatten every other line
+        ax1.set_yscale("log")
     ax1.set_ylabel(f"{data} validation perplexity")
     ax1.set_title("perplexity (lower is better)")
     ax2.set_ylabel("memory saving (x, higher is better)")
@@ -205,8 +210,8 @@ def lm_differences(records: list[dict], cfg_dict: dict | None) -> list[str]:
         if worst and vocab and worst > 10 * vocab:
             out.append(f"{r['run']} diverged while training: a log interval's training perplexity reached {worst:.3g} "
                        f"(the vocabulary has {vocab:,} words; an untrained model scores about that). Its final "
-                       f"validation perplexity {r['valid_ppl']:.1f} is that of a run that was still recovering, not "
-                       "of the model at this configuration: rerun it with a lower learning rate before comparing it.")
+                       f"validation perplexity {r['valid_ppl']:.1f} comes from a run that diverged, not from the "
+                       "model trained as configured: rerun it with a lower learning rate before comparing it.")
     depths = sorted({r["num_layers"] for r in records}) or [1]
     if depths == [1]:
         out.append("Depth: one layer only (the paper also trains 2 and 3 layers).")
