@@ -105,29 +105,14 @@ def linear_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return _LinearInto.apply(x, weight, bias)
 
 
-
-class _OutputInto(_LinearInto):
-    """``_LinearInto`` under its own name, for the step loop's output layer: the profiler (and its backward node,
-    ``_OutputIntoBackward``) tells the output layer's time from the cells' matrix products.
-
-    On the CPU a weight gradient it creates is stored transposed (shape [V, H], strides (1, V)): the per-step
-    update ``grad += g^T x`` with a batch of rows is then a GEMM whose output runs along the vocabulary, which MKL
-    computes about 3x faster at V = 10000, H = 650, B = 20 than into a row-major [V, H] (same values up to the
-    summation order inside the GEMM; same bytes). A gradient that exists already keeps its layout."""
-
-    @staticmethod
-    def backward(ctx, grad):
-        w = ctx.weight
-        if w.grad is None and w.device.type == "cpu" and w.dim() == 2:
-            w.grad = torch.zeros(w.shape[::-1], dtype=w.dtype, device=w.device).t()
-        return _LinearInto.backward(ctx, grad)
-
-
-def output_into(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The output layer: ``linear_into`` (same values and gradients), named apart for the profiler."""
-    if not (torch.is_grad_enabled() and weight.requires_grad):
-        return F.linear(x, weight, bias)
-    return _OutputInto.apply(x, weight, bias)
+def _output_weight_grad(w: torch.Tensor) -> torch.Tensor:
+    """The output layer's weight gradient, created on first use. On the CPU it is stored transposed (shape [V, H],
+    strides (1, V)): the per-step update ``grad += g^T x`` with a batch of rows is then a GEMM whose output runs
+    along the vocabulary, which MKL computes about 3x faster at V = 10000, H = 650, B = 20 than into a row-major
+    [V, H] (same values up to the summation order inside the GEMM; same bytes). One that exists keeps its layout."""
+    if w.grad is None and w.device.type == "cpu" and w.dim() == 2:
+        w.grad = torch.zeros(w.shape[::-1], dtype=w.dtype, device=w.device).t()
+    return _grad_of(w)
 
 
 class Targets:
@@ -177,7 +162,7 @@ def _cross_entropy_in_place(logits: torch.Tensor, tg: Targets, keep_grad: bool):
 class _OutputLoss(Function):
     """The output layer and the step's cross-entropy as one node. Forward leaves d(loss)/d(logits) in the logits'
     buffer (the only [N, V] tensor it keeps); backward scales it in place by the incoming gradient and forms the
-    three products: the weight gradient added into ``.grad`` (transposed on the CPU, as ``_OutputInto``), the
+    three products: the weight gradient added into ``.grad`` (``_output_weight_grad``: transposed on the CPU), the
     bias gradient, and the input's gradient. Its backward consumes the buffer, so it runs once."""
 
     @staticmethod
@@ -200,9 +185,7 @@ class _OutputLoss(Function):
         g.mul_(grad / ctx.divisor)
         w = ctx.weight
         if w.requires_grad:
-            if w.grad is None and w.device.type == "cpu" and w.dim() == 2:
-                w.grad = torch.zeros(w.shape[::-1], dtype=w.dtype, device=w.device).t()
-            _grad_of(w).addmm_(g.t(), x)
+            _output_weight_grad(w).addmm_(g.t(), x)
         if ctx.bias is not None and ctx.bias.requires_grad:
             _grad_of(ctx.bias).add_(g.sum(0))
         grad_x = g @ w if ctx.needs_input_grad[0] else None

@@ -49,8 +49,8 @@ _MATMULS = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddb
 _OUTPUT_OPS = {"aten::log_softmax", "aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::nll_loss",
                "aten::nll_loss_nd", "aten::nll_loss_forward", "aten::nll_loss_backward", "aten::cross_entropy_loss",
                "aten::embedding", "aten::embedding_backward", "aten::embedding_dense_backward"}
-_OUTPUT_MARKS = ("revbench.output", "_OutputInto", "_OutputLoss", "LogSoftmaxBackward", "NllLossBackward",
-                 "_EmbeddingInto", "EmbeddingBackward")
+_OUTPUT_MARKS = ("revbench.output", "_OutputLoss", "LogSoftmaxBackward", "NllLossBackward", "_EmbeddingInto",
+                 "EmbeddingBackward")
 _BUFFER_MARK = "revbench.buffer"
 
 

@@ -141,25 +141,25 @@ def lm_sections(records: list[dict], meta: dict | None = None) -> list[tuple[str
                           "everything a step allocates (gates, logits of a step, the buffer), not only the "
                           "hidden states, so it is smaller than the paper-style saving.")
         sections.append(("Reversible vs ordinary", frag))
-    for data in datasets:
-        fig = fig_lm(records, data)
-        if fig is not None:
-            sections.append((f"Figure: {data}", figure_html(
-                fig, f"{data}: validation perplexity and memory saving against the forgetting limit.",
-                "perplexity of the best epoch on the validation split (eval mode, forward only); savings as in "
-                "the table; allocator saving as in 'Reversible vs ordinary'.",
-                f"{data} perplexity and saving against the forgetting limit")))
-    for data in datasets:
-        fig = fig_saving_through_training(records, data)
-        if fig is not None:
-            sections.append((f"Figure: {data}, the saving through training", figure_html(
-                fig, f"{data}: memory saving of each reversible run through its training.",
-                "top: the paper-style savings of the training steps of each log interval (ratio of sums; actual = "
-                "the buffer's allocated bits, ideal = the bits forgotten); bottom: the allocator saving (bptt's "
-                "peak / the method's peak) of one step on the first training segment, the same segment and dropout "
-                "masks every time, before training (0) and after each epoch, on a copy of the model. The saving "
-                "moves because the gates learn how much to forget.",
-                f"{data} saving through training")))
+    figures = [
+        (fig_lm, "Figure: {data}", "{data}: validation perplexity and memory saving against the forgetting limit.",
+         "perplexity of the best epoch on the validation split (eval mode, forward only); savings as in the table; "
+         "allocator saving as in 'Reversible vs ordinary'.",
+         "{data} perplexity and saving against the forgetting limit"),
+        (fig_saving_through_training, "Figure: {data}, the saving through training",
+         "{data}: memory saving of each reversible run through its training.",
+         "top: the paper-style savings of the training steps of each log interval (ratio of sums; actual = the "
+         "buffer's allocated bits, ideal = the bits forgotten); bottom: the allocator saving (bptt's peak / the "
+         "method's peak) of one step on the first training segment, the same segment and dropout masks every "
+         "time, before training (0) and after each epoch, on a copy of the model. The saving moves because the gates "
+         "learn how much to forget.", "{data} saving through training"),
+    ]
+    for draw, title, caption, how, alt in figures:
+        for data in datasets:
+            fig = draw(records, data)
+            if fig is not None:
+                sections.append((title.format(data=data), figure_html(
+                    fig, caption.format(data=data), how, alt.format(data=data))))
     df = records_frame(records)
     if len(df):
         sections.append(("All runs", dataframe_to_html_table(
