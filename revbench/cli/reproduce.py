@@ -44,6 +44,10 @@ def configure_lm(p: argparse.ArgumentParser) -> None:
                         "first for every cell (default: %(default)s)")
     p.add_argument("--layers", default="1", help="comma-separated depths (default: %(default)s)")
     add_epochs(p)
+    p.add_argument("--lr", type=float, default=None, metavar="X",
+                   help="SGD learning rate of every run of this invocation (default: the config's); a finished run "
+                        "of the grid made with another rate is retrained, so name only the runs to change (e.g. "
+                        "--cells revlstm --layers 2)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs trained at the same time, as subprocesses (default: %(default)s: one after the other "
                         "in this process)")
@@ -84,6 +88,8 @@ def main_lm(args) -> int:
             overrides["data_dir"] = str(Path(args.data_dir).resolve())
         if args.epochs is not None:
             overrides["epochs"] = args.epochs
+        if args.lr is not None:
+            overrides["lr"] = args.lr
         if args.device:
             overrides["device"] = args.device
         cfg0 = run_config(runs[0], args.config, overrides)    # validates the overrides once

@@ -22,7 +22,7 @@ def lm_record(result: dict, run_name: str) -> dict:
                                                           f"{CELL_LABEL.get(result['cell'], result['cell'])}",
         "cell": result["cell"], "num_layers": result["num_layers"], "max_forget_bits": result["max_forget_bits"],
         "limit": limit_label(result["max_forget_bits"]) if result["cell"] in FORGETTING_CELLS else "-",
-        "method": result["method"], "epochs": result["epochs"], "valid_ppl": result["valid_ppl"],
+        "method": result["method"], "epochs": result["epochs"], "lr": cfg.get("lr"), "valid_ppl": result["valid_ppl"],
         "test_ppl": result["test_ppl"], "saving_actual": result.get("saving_actual"),
         "saving_ideal": result.get("saving_ideal"),
         "buffer_efficiency": (result["saving_ideal"] / result["saving_actual"]
@@ -104,7 +104,7 @@ def lm_records(out_dir) -> list[dict]:
 def records_frame(records: list[dict]):
     import pandas as pd
 
-    cols = ["data", "model", "limit", "method", "epochs", "valid_ppl", "test_ppl", "saving_actual", "saving_ideal",
+    cols = ["data", "model", "limit", "method", "epochs", "lr", "valid_ppl", "test_ppl", "saving_actual", "saving_ideal",
             "buffer_efficiency", "allocator_saving", "bptt_peak_bytes", "method_peak_bytes", "peak_meter",
             "memory_segment", "train_ppl_last_epoch", "parameters", "layer_sizes", "batch_size", "bptt",
             "train_minutes", "run"]
