@@ -111,6 +111,26 @@ def test_grid_retrains_stale_run(tmp_path):
     assert json.loads((tmp_path / "runs" / "synthetic-gru-L1" / "result.json").read_text())["config"]["lr"] == 1.0
 
 
+def test_cli_reproduce_lm_lr(tmp_path, capsys):
+    """--lr sets the rate of the invocation's runs; runs.csv shows it and the report says which runs differ."""
+    rc = cli_main(["reproduce", "lm", "--config", "tiny", "--data", "synthetic", "--cells", "gru", "--lr", "2.5",
+                   "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    run = tmp_path / "runs" / "synthetic-gru-L1"
+    assert json.loads((run / "result.json").read_text())["config"]["lr"] == 2.5
+    assert list(pd.read_csv(tmp_path / "runs.csv")["lr"]) == [2.5]
+    recs = lm_records(tmp_path)
+    assert not any(d.startswith("Learning rate") for d in lm_differences(recs, {"lr": 2.5}))
+    said = [d for d in lm_differences(recs, {"lr": 5.0}) if d.startswith("Learning rate")]
+    assert said == ["Learning rate: synthetic-gru-L1 at 2.5; every other run at the config's 5 "
+                    "(`revbench reproduce lm --lr`). Each run's rate is the `lr` column of runs.csv."]
+    capsys.readouterr()
+    assert cli_main(["reproduce", "lm", "--config", "tiny", "--data", "synthetic", "--lr", "-1",
+                     "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "lr must be > 0" in err and "Traceback" not in err
+
+
 def test_cli_reproduce_lm_missing_data(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("REVBENCH_DATA", raising=False)
     rc = cli_main(["reproduce", "lm", "--out", str(tmp_path)])

@@ -205,13 +205,19 @@ def lm_differences(records: list[dict], cfg_dict: dict | None) -> list[str]:
         out.append(f"Segment length {c.get('bptt')} instead of 70: the buffer's fixed part (a 32-bit live state "
                    "per 4 units and batch element, plus the first 16-bit word chunk) is amortised over fewer steps, "
                    "so the 'actual' saving is lower than at 70 steps; the 'ideal' saving does not depend on the length.")
+    lr0 = c.get("lr")
+    other = [r for r in records if lr0 is not None and r.get("lr") is not None and r["lr"] != lr0]
+    if other:
+        runs = ", ".join(f"{r['run']} at {r['lr']:g}" for r in other)
+        out.append(f"Learning rate: {runs}; every other run at the config's {lr0:g} (`revbench reproduce lm --lr`). "
+                   "Each run's rate is the `lr` column of runs.csv.")
     for r in records:
         worst, vocab = (r.get("training_curve") or {}).get("max_train_ppl"), r.get("vocab_size")
         if worst and vocab and worst > 10 * vocab:
             out.append(f"{r['run']} diverged while training: a log interval's training perplexity reached {worst:.3g} "
                        f"(the vocabulary has {vocab:,} words; an untrained model scores about that). Its final "
                        f"validation perplexity {r['valid_ppl']:.1f} comes from a run that diverged, not from the "
-                       "model trained as configured: rerun it with a lower learning rate before comparing it.")
+                       "model trained as configured: rerun it with a lower learning rate (`--lr`) before comparing it.")
     depths = sorted({r["num_layers"] for r in records}) or [1]
     if depths == [1]:
         out.append("Depth: one layer only (the paper also trains 2 and 3 layers).")
