@@ -11,7 +11,7 @@ from revbench.tasks.nmt.build import build_model, load_corpus
 from revbench.tasks.nmt.config import make_config
 from revbench.tasks.nmt.decode import translate
 from revbench.tasks.nmt.evaluate import evaluate_loss
-from revbench.tasks.nmt.grid import GridPoint, reproduce
+from revbench.tasks.nmt.grid import GridPoint, point_status, reproduce
 from revbench.tasks.nmt.train import CheckpointError, train
 from revbench.models.seq2seq.inputs import UNK_INDEX
 
@@ -127,6 +127,21 @@ def test_reproduce_writes_tables_and_reuses_completed_points(tmp_path):
     later = reproduce("tiny", tmp_path, points=[GridPoint("revgru", "emb", 2)], overrides=over,
                       budget_minutes=-1, log=lambda m: None)
     assert later["points"][0]["status"].startswith("not started")
+    # a point made with another configuration is retrained, not reported as if it had been made with this one
+    said = []
+    stale = reproduce("tiny", tmp_path, points=pts[1:], overrides={**over, "epochs": 2}, log=said.append)
+    assert stale["points"][0]["status"] == "completed" and stale["points"][0]["epochs"] == 2
+    assert any("gru-all: results were made with another configuration" in m for m in said)
+    assert point_status(tmp_path / "runs" / "gru-all", _cfg_of(pts[1], {**over, "epochs": 2})) == "done"
+    assert point_status(tmp_path / "runs" / "gru-all", _cfg_of(pts[1], {**over, "save_every": 7, "epochs": 2})) == "done"
+    (tmp_path / "runs" / "gru-all" / "results.json").write_text("{damaged")
+    assert point_status(tmp_path / "runs" / "gru-all", _cfg_of(pts[1], over)) == "stale"
+    assert point_status(tmp_path / "runs" / "nothing-here", _cfg_of(pts[1], over)) == "new"
+
+
+def _cfg_of(p, over):
+    return make_config("tiny", **{**over, "cell": p.cell, "context": p.context,
+                                  "max_forget_bits": p.max_forget_bits if p.reversible else None, "method": p.method})
 
 
 def _parse(configure, argv):

@@ -45,7 +45,7 @@ FIELDS = {"epochs": "epochs", "seed": "seed", **table_fields(NMT_OVERRIDES)}   #
 def _common(parser: argparse.ArgumentParser, threads=None, threads_help: str = "torch's choice") -> None:
     parser.add_argument("--config", default="small", choices=["tiny", "small", "paper"],
                         help="named configuration (default: %(default)s): 'paper' = the paper's Multi30K setting "
-                             "(H = emb = 300, 80 epochs), 'small' = CPU-sized (H = emb = 128, 3 epochs), "
+                             "(H = emb = 300, 80 epochs), 'small' = CPU-sized (H = emb = 128, 10 epochs), "
                              "'tiny' = synthetic corpus, for smoke tests")
     add_threads(parser, threads, threads_help)
     add_epochs(parser, _UNSET)

@@ -1,6 +1,7 @@
 """The Table 3 reproduction grid: :class:`GridPoint`, the named :data:`GRID` lists and :func:`reproduce`."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -66,6 +67,40 @@ GRID = {
 GRID["tiny"] = [GridPoint("revgru", "emb+h:4", 3), GridPoint("gru", "all")]
 
 
+RUN_CONTROL = frozenset({"save_every"})
+"""Config fields a finished point may differ in and still count as done (they change no result)."""
+
+
+def point_status(run_dir: Path, cfg) -> str:
+    """"done" (a results.json with memory figures made with ``cfg``), "stale" (one made with another configuration,
+    or unreadable), "partial" (results without the memory figures: measured again, not retrained) or "new"."""
+    done = run_dir / RESULTS
+    if not done.exists():
+        return "new"
+    try:
+        res = json.loads(done.read_text())
+        saved = res["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "stale"
+    want = dataclasses.asdict(cfg)
+    if not isinstance(saved, dict) or any(saved.get(k) != want.get(k) for k in set(saved) | set(want)
+                                          if k not in RUN_CONTROL):
+        return "stale"
+    return "done" if "memory" in res else "partial"
+
+
+def _clear_point(run_dir: Path) -> None:
+    for f in (CHECKPOINT, BEST, RESULTS):
+        if (run_dir / f).exists():
+            (run_dir / f).unlink()
+
+
+def _point_config(config_name: str, overrides: dict, p: "GridPoint"):
+    return make_config(config_name, **{**overrides, "cell": p.cell, "context": p.context,
+                                       "max_forget_bits": p.max_forget_bits if p.reversible else None,
+                                       "method": p.method})
+
+
 def _finish_point(res: dict, cfg, corpus, run_dir: Path, keep_checkpoints: bool) -> dict:
     """Measure a trained point's step memory, write its results.json, drop its weights (unless kept)."""
     tm = time.perf_counter()
@@ -83,13 +118,9 @@ def _remote_point(config_name: str, overrides: dict, p: GridPoint, out: str, dat
                   keep_checkpoints: bool) -> str:
     """One grid point as a task of an engine's pool (its own corpus, quiet): trained, measured, written."""
     run_dir = Path(out) / "runs" / p.id
-    cfg = make_config(config_name, **{**overrides, "cell": p.cell, "context": p.context,
-                                      "max_forget_bits": p.max_forget_bits if p.reversible else None,
-                                      "method": p.method})
-    if force:
-        for f in (CHECKPOINT, BEST, RESULTS):
-            if (run_dir / f).exists():
-                (run_dir / f).unlink()
+    cfg = _point_config(config_name, overrides, p)
+    if force or point_status(run_dir, cfg) == "stale":
+        _clear_point(run_dir)
     corpus = load_corpus(make_config(config_name, **overrides), data_dir)
     res = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), corpus=corpus, log=lambda *a, **k: None)
     _finish_point(res, cfg, corpus, run_dir, keep_checkpoints)
@@ -132,7 +163,11 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
     summary["points"] = list(entries.values())
     pool = pool if pool is not None else current_pool()
     remote = {}
-    pending = [p for p in pts if force or not (out / "runs" / p.id / RESULTS).exists()]
+    status = {p.id: point_status(out / "runs" / p.id, _point_config(config_name, overrides, p)) for p in pts}
+    for p in pts:
+        if status[p.id] == "stale" and not force:
+            log(f"  {p.id}: results were made with another configuration: retraining")
+    pending = [p for p in pts if force or status[p.id] in ("new", "stale")]
     if pool is not None and pool.remote:            # every point still to train is a task of the pool
         remote = pool.map(_remote_point, [(p.id, (config_name, overrides, p, str(out), data_dir, force,
                                                   keep_checkpoints)) for p in pending])
@@ -140,9 +175,7 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
     for p in pts:
         e = entries[p.id]
         run_dir = out / "runs" / p.id
-        cfg = make_config(config_name, **{**overrides, "cell": p.cell, "context": p.context,
-                                          "max_forget_bits": p.max_forget_bits if p.reversible else None,
-                                          "method": p.method})
+        cfg = _point_config(config_name, overrides, p)
         done = run_dir / RESULTS
         if p.id in remote:
             if remote[p.id].ok:
@@ -150,19 +183,17 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
             else:
                 e["status"] = f"failed: {remote[p.id].error.splitlines()[0]}"
             continue
-        if done.exists() and not force:
+        if not force and status[p.id] in ("done", "partial"):
             res = json.loads(done.read_text())
-            if "memory" in res:
+            if status[p.id] == "done":
                 e.update(_point_entry(res), status="completed (earlier session)")
                 continue
         elif budget_minutes is not None and (time.perf_counter() - t0) / 60 > budget_minutes:
             e["status"] = f"not started: the time budget of {budget_minutes:g} min was used"
             continue
         else:
-            if force and run_dir.exists():
-                for f in (CHECKPOINT, BEST, RESULTS):
-                    if (run_dir / f).exists():
-                        (run_dir / f).unlink()
+            if force or status[p.id] == "stale":
+                _clear_point(run_dir)
             log(f"== [{trained + 1}/{len(pending)}] {p.id}: {cfg.cell}, context {cfg.context}, "
                 f"k={cfg.max_forget_bits}, method {cfg.method}{_eta(t0, trained, len(pending))}")
             trained += 1
