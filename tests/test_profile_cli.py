@@ -49,6 +49,26 @@ def test_profile_a_shorter_profiled_step(tmp_path, capsys):
     assert "T3-" in row["config_id"] and row["ops_per_step_total"] > 0
 
 
+def test_profile_floor(tmp_path, capsys):
+    """--floor times each weight's products and sums them per method: T x (counts x seconds), the output layer's
+    part separately; the reversible method counts two forward products per cell weight, bptt one."""
+    path = tmp_path / "p.json"
+    rc, out, err = run_cli(TINY + ["--floor", "--json", path], capsys)
+    assert rc == 0, err
+    assert "matrix-product floor" in out and "floor/fused" in out
+    floor = json.loads(path.read_text())["floor"]
+    names = [p["weight"] for p in floor["products"]]
+    assert names == ["cells.0.w1_x", "cells.0.w1_h", "cells.0.w2_x", "cells.0.w2_h", "decoder.weight"]
+    for m in ("bptt", "reversible"):
+        total = sum(p["seconds"][k] * p["per_time_step"][m][k] for p in floor["products"] for k in p["seconds"])
+        assert floor["methods"][m]["floor_s"] == pytest.approx(3 * total, rel=1e-12)
+        assert 0 < floor["methods"][m]["output_layer_s"] < floor["methods"][m]["floor_s"]
+    cell = floor["products"][0]["per_time_step"]
+    assert cell["bptt"]["forward"] == 1 and cell["reversible"]["forward"] == 2
+    assert floor["products"][-1]["per_time_step"]["reversible"]["forward"] == 1     # its forward pass skips it
+    assert all(p["rows"] == 2 and all(v > 0 for v in p["seconds"].values()) for p in floor["products"])
+
+
 def test_profile_a_method_that_cannot_run_the_cell(capsys):
     rc, out, err = run_cli(TINY + ["--cell", "lstm", "--method", "reversible", "--method", "bptt"], capsys)
     assert rc == 0, err

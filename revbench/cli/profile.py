@@ -21,6 +21,9 @@ warm-up step), then run once more under torch.profiler; the ops' self times are 
   Python overhead     the profiled step's wall time minus the ops' self time
 with the ops called per time step. The profiled step runs min(T, --profile-steps) time steps (default 200):
 per-time-step figures do not depend on T, the profiler's event list does.
+--floor also times the matrix products each method needs per time step, alone and with the batch's rows
+(bptt: forward, input gradient, weight gradient per weight; reversible: two forward products per cell weight),
+and prints each method's floor beside its measured step and the fused step: the step if nothing else cost.
 Presets: paper = RevLSTM 650/650, batch 20, T 70, vocab 10000; long = hidden 256, batch 16, T 1000,
 vocab 2000 (explicit options override a preset).
 
@@ -48,6 +51,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-steps", type=positive_int, default=200, metavar="N",
                         help="time steps of the profiled step: min(T, N) (the profiler keeps every op event; "
                              "default: %(default)s)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the matrix products each method needs per time step alone (at the batch's "
+                             "rows) and print each method's floor: its step if everything else were free")
     parser.add_argument("-o", "--output", "--json", dest="json", type=Path, default=None, metavar="FILE",
                         help="also write the result as JSON (written atomically)")
 
@@ -82,7 +88,7 @@ def main(args: argparse.Namespace) -> int:
         if cfg.reversible and cfg.hidden_size % 2:
             raise ValueError(f"reversible cells need an even hidden size, got --hidden {cfg.hidden_size}")
         result = profile_step(cfg, names, repeats=args.repeats, threads=args.threads,
-                              profile_steps=args.profile_steps)
+                              profile_steps=args.profile_steps, floor=args.floor)
     except (ValueError, TypeError) as exc:
         return _error(str(exc).splitlines()[0], EXIT_BAD_INPUT)
     except RuntimeError as exc:

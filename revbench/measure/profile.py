@@ -127,13 +127,19 @@ PROFILE_STEPS = 200      # the profiled step's segment length at most: the profi
 
 
 def profile_step(cfg: BenchConfig, method_names, repeats: int = 3, threads: int = 1,
-                 profile_steps: int = PROFILE_STEPS) -> dict:
+                 profile_steps: int = PROFILE_STEPS, floor: bool = False) -> dict:
     """Profile one step of each method on ``cfg`` (see the module docstring). Returns a JSON-ready dict. The
     timed steps run the whole segment; the profiled step runs min(T, ``profile_steps``) time steps of the same
-    model (the profiler's event list grows with every op; per-time-step figures do not depend on T)."""
+    model (the profiler's event list grows with every op; per-time-step figures do not depend on T).
+    ``floor``: also time the matrix products each method needs per time step (``revbench.measure.floor``), in
+    the same process and thread count, under the key ``"floor"``."""
     before = pin_threads(threads)
     try:
-        return _profile(cfg, list(method_names), repeats, threads, max(1, min(cfg.seq_len, profile_steps)))
+        result = _profile(cfg, list(method_names), repeats, threads, max(1, min(cfg.seq_len, profile_steps)))
+        if floor:
+            from revbench.measure.floor import matmul_floor
+            result["floor"] = matmul_floor(Workload(cfg).model, cfg.seq_len, cfg.batch_size)
+        return result
     finally:
         restore_threads(before)
 
@@ -217,4 +223,7 @@ def format_profile(result: dict) -> str:
             f"{x:>17}" for x in cells) + f" {row['ops_per_step_total']:6.0f}")
     if result["ratios"]:
         lines += ["", "ratios of the step medians: " + ", ".join(f"{k} {v:.2f}" for k, v in result["ratios"].items())]
+    if result.get("floor"):
+        from revbench.measure.floor import format_floor
+        lines.append(format_floor(result["floor"], {r["method"]: r.get("wall_s") for r in result["methods"]}))
     return "\n".join(lines)
