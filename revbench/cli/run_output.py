@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 from revbench.tasks.engine.partial import PARTIAL_NAME
 from revbench.util.atomic import atomic_write_text, remove_stale_temporaries, stale_removal_note, stale_temporaries
+from revbench.util.runlock import folder_lock
 
 JSON_NAME, HTML_NAME = "benchmarks.json", "report.html"
 MARKER = '<meta name="revbench-benchmarks-sha256" content="{}">'
@@ -59,25 +60,10 @@ def prepare(out_dir: Path) -> Path:
 
 @contextlib.contextmanager
 def locked(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir`` (``OutDirError`` if another run holds it). Where the platform or
-    filesystem has no ``flock``, runs unlocked."""
-    try:
-        import fcntl
-    except ImportError:                      # not POSIX
+    """Hold an exclusive lock on ``out_dir`` (``OutDirError`` if another run holds it; ``revbench.util.runlock``)."""
+    with folder_lock(out_dir, lambda: OutDirError(f"--out {out_dir}: another revbench run is writing there (wait "
+                                                  "for it to finish, or choose another --out)")):
         yield
-        return
-    fd = os.open(out_dir, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutDirError(f"--out {out_dir}: another revbench run is writing there (wait for it to "
-                              "finish, or choose another --out)") from None
-        except OSError:                      # a filesystem without flock
-            pass
-        yield
-    finally:
-        os.close(fd)
 
 
 def file_digest(path: Path) -> str:

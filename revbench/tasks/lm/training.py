@@ -50,6 +50,7 @@ from revbench.measure import memory
 from revbench.measure.cuda import device_problem
 from revbench.measure.environment import environment_info
 from revbench.util.atomic import atomic_write_json, remove_stale_temporaries, stale_removal_note
+from revbench.util.runlock import run_lock
 from revbench.tasks.integrity import load_model_state, save_sealed
 from revbench.tasks.jsonio import finite, json_default
 from revbench.tasks.lm.build import build_model, load_data
@@ -150,7 +151,8 @@ class Trainer:
         during the run only (torch's thread count is restored afterwards)."""
         threads = torch.get_num_threads()
         try:
-            return self._run()
+            with run_lock(self.out):          # one process per run folder (a second one is refused: exit 2)
+                return self._run()
         finally:
             torch.set_num_threads(threads)
 

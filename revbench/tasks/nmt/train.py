@@ -25,6 +25,7 @@ from revbench.tasks.nmt.config import NMTConfig
 from revbench.tasks.nmt.corpus import ParallelCorpus
 from revbench.tasks.nmt.evaluate import bleu_on, evaluate_loss
 from revbench.tasks.run_options import check_device
+from revbench.util.runlock import run_lock
 from revbench.util.atomic import (atomic_write_json, atomic_write_text, remove_stale_temporaries,
                                   stale_removal_note)
 
@@ -159,6 +160,12 @@ def train(config: NMTConfig, out_dir, resume: bool = False, corpus: ParallelCorp
     problem = device_problem(device)
     if problem:
         raise ValueError(problem)
+    with run_lock(out_dir):           # one process per run folder (a second one is refused: exit 2)
+        return _train(config, out_dir, resume, corpus, data_dir, progress, stop_after_steps, evaluate, log, verify,
+                      device)
+
+
+def _train(config, out_dir, resume, corpus, data_dir, progress, stop_after_steps, evaluate, log, verify, device):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
