@@ -122,8 +122,11 @@ def test_cli_reproduce_lm_lr(tmp_path, capsys):
     recs = lm_records(tmp_path)
     assert not any(d.startswith("Learning rate") for d in lm_differences(recs, {"lr": 2.5}))
     said = [d for d in lm_differences(recs, {"lr": 5.0}) if d.startswith("Learning rate")]
-    assert said == ["Learning rate: synthetic-gru-L1 at 2.5; every other run at the config's 5 "
-                    "(`revbench reproduce lm --lr`). Each run's rate is the `lr` column of runs.csv."]
+    assert said == ["Learning rate: synthetic-gru-L1 at 2.5; every other run at 5, the config's "
+                    "(`revbench reproduce lm --lr`). Each run's value is the `lr` column of runs.csv."]
+    said = [d for d in lm_differences(recs, {"lr": 2.5, "epochs": 2}) if d.startswith(("Learning rate", "Epochs"))]
+    assert said == ["Epochs: synthetic-gru-L1 1 epoch(s); every other run 2 epoch(s), the config's "
+                    "(`revbench reproduce lm --epochs`). Each run's value is the `epochs` column of runs.csv."]
     capsys.readouterr()
     assert cli_main(["reproduce", "lm", "--config", "tiny", "--data", "synthetic", "--lr", "-1",
                      "--out", str(tmp_path)]) == 2

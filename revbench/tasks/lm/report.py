@@ -205,12 +205,13 @@ def lm_differences(records: list[dict], cfg_dict: dict | None) -> list[str]:
         out.append(f"Segment length {c.get('bptt')} instead of 70: the buffer's fixed part (a 32-bit live state "
                    "per 4 units and batch element, plus the first 16-bit word chunk) is amortised over fewer steps, "
                    "so the 'actual' saving is lower than at 70 steps; the 'ideal' saving does not depend on the length.")
-    lr0 = c.get("lr")
-    other = [r for r in records if lr0 is not None and r.get("lr") is not None and r["lr"] != lr0]
-    if other:
-        runs = ", ".join(f"{r['run']} at {r['lr']:g}" for r in other)
-        out.append(f"Learning rate: {runs}; every other run at the config's {lr0:g} (`revbench reproduce lm --lr`). "
-                   "Each run's rate is the `lr` column of runs.csv.")
+    for key, title, option, fmt in (("lr", "Learning rate", "--lr", "at {:g}"), ("epochs", "Epochs", "--epochs", "{} epoch(s)")):
+        want = c.get(key)
+        other = [r for r in records if want is not None and r.get(key) is not None and r[key] != want]
+        if other:
+            runs = ", ".join(f"{r['run']} {fmt.format(r[key])}" for r in other)
+            out.append(f"{title}: {runs}; every other run {fmt.format(want)}, the config's (`revbench reproduce lm "
+                       f"{option}`). Each run's value is the `{key}` column of runs.csv.")
     for r in records:
         worst, vocab = (r.get("training_curve") or {}).get("max_train_ppl"), r.get("vocab_size")
         if worst and vocab and worst > 10 * vocab:
