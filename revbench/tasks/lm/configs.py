@@ -129,6 +129,17 @@ class TrainConfig:
         return self
 
 
+def check_run_fields(cfg: TrainConfig) -> None:
+    """ValueError naming the first bad run-control field (seed, device, checkpoint intervals)."""
+    from revbench.tasks.run_options import check_count, check_device, check_real, check_seed
+
+    check_seed(cfg.seed)
+    check_device(cfg.device)
+    check_count(cfg.checkpoint_every_steps, "checkpoint_every_steps (--checkpoint-every-steps)")
+    check_real(cfg.checkpoint_every_minutes, "checkpoint_every_minutes (--checkpoint-every-minutes)", minimum=0,
+               allow_none=True)
+
+
 # Named configs: field values over the TrainConfig defaults (which are the paper's).
 CONFIGS: dict[str, dict] = {
     "paper": {},

@@ -56,25 +56,16 @@ from revbench.tasks.jsonio import finite, json_default
 from revbench.tasks.lm.build import build_model, load_data
 from revbench.tasks.lm.checkpoints import (BEST_FORMAT, OutputExistsError, checkpoint_payload, load_best,
                                            load_checkpoint, restore)
-from revbench.tasks.lm.configs import TrainConfig
+from revbench.tasks.lm.configs import TrainConfig, check_run_fields
 from revbench.tasks.lm.corpus import batchify, lm_segments
 from revbench.tasks.lm.evaluation import evaluate
 from revbench.tasks.lm.memory_probe import compare_memory
 from revbench.tasks.lm.progress import Bar
 from revbench.tasks.lm.running_sums import STAT_SUMS, epoch_savings, new_epoch_acc, new_interval_acc
-from revbench.tasks.run_options import check_count, check_device, check_real, check_seed, configured_method
+from revbench.tasks.run_options import configured_method
 
 RESULT_FORMAT = "revbench.lm-result/1"
 OWN_FILES = ("checkpoint.pt", "best.pt", "result.json")      # written through util.atomic (their litter is ours)
-
-
-def check_run_fields(cfg: TrainConfig) -> None:
-    """ValueError naming the first bad run-control field (seed, device, checkpoint intervals)."""
-    check_seed(cfg.seed)
-    check_device(cfg.device)
-    check_count(cfg.checkpoint_every_steps, "checkpoint_every_steps (--checkpoint-every-steps)")
-    check_real(cfg.checkpoint_every_minutes, "checkpoint_every_minutes (--checkpoint-every-minutes)", minimum=0,
-               allow_none=True)
 
 
 # ------------------------------------------------------------------------------------------- trainer
