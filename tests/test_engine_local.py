@@ -235,3 +235,14 @@ def test_the_ray_engine_without_ray_says_how_to_install_it(tmp_path, capsys, mon
 def test_bad_engine_resources_are_one_line_and_exit_2(argv, says, capsys):
     rc, out, err = run_cli(argv, capsys)
     assert rc == 2 and says in err.strip().splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_the_local_pool_starts_no_job_once_the_budget_is_used():
+    from revbench.tasks.cells import parse_limit
+    from revbench.tasks.engine.tasks import Pool
+
+    jobs = [("a", ("3",)), ("b", ("none",))]
+    done = Pool("local", quiet=True).map(parse_limit, jobs, budget_minutes=60)
+    assert {n: (r.ok, r.value, r.skipped) for n, r in done.items()} == {"a": (True, 3, False), "b": (True, None, False)}
+    skipped = Pool("local", quiet=True).map(parse_limit, jobs, budget_minutes=0)
+    assert all(r.skipped and not r.ok for r in skipped.values())

@@ -87,3 +87,25 @@ def test_a_tiny_reproduction_grid_through_ray(cluster, tmp_path, capsys):
     cols = ["model", "seq_len", "accuracy", "final_train_loss"]
     a, b = (pd.read_csv(tmp_path / d / "repeat.csv")[cols] for d in ("local", "ray"))
     assert len(b) == 4 and a.equals(b)                                   # the same seeds, the same results
+
+
+def test_no_task_starts_once_the_budget_is_used(cluster, tmp_path):
+    """--budget-minutes holds with --engine ray too: no run starts after it (they come back skipped, not failed)."""
+    from revbench.tasks.engine.tasks import Pool
+    from revbench.tasks.lm.grid import LMRun, run_lm_grid
+    from revbench.tasks.nmt.grid import GridPoint, reproduce
+
+    from revbench.tasks.cells import parse_limit
+
+    pool = Pool("ray", parallel=2, address=cluster, quiet=True)
+    jobs = [("a", ("3",)), ("b", ("5",))]
+    assert {n: r.value for n, r in pool.map(parse_limit, jobs, budget_minutes=60).items()} == {"a": 3, "b": 5}
+    res = pool.map(parse_limit, jobs, budget_minutes=0)
+    assert all(r.skipped and not r.ok and r.value is None for r in res.values())
+    s = reproduce("tiny", tmp_path / "nmt", points=[GridPoint("gru", "all")], overrides={"epochs": 1},
+                  budget_minutes=0, pool=pool, log=lambda m: None)
+    assert s["points"][0]["status"] == "not started: the time budget of 0 min was used"
+    assert not (tmp_path / "nmt" / "runs" / "gru-all" / "checkpoint.pt").exists()
+    st = run_lm_grid([LMRun("synthetic", "gru")], "tiny", tmp_path / "lm", budget_minutes=0, pool=pool,
+                     say=lambda *a: None)
+    assert st == [{"run": "synthetic-gru-L1", "status": "skipped (budget)"}]

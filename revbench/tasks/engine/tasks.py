@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -29,6 +30,7 @@ class JobResult:
     ok: bool
     value: object = None          # fn's return value
     error: str | None = None      # one line (and, for a local job, the traceback after it)
+    skipped: bool = False         # never started: the time budget was used up first
 
 
 @dataclass
@@ -44,14 +46,25 @@ class Pool:
     def remote(self) -> bool:
         return self.engine == "ray"
 
-    def map(self, fn: Callable, jobs: list[tuple[str, tuple]], what: str = "runs") -> dict[str, JobResult]:
-        """Run ``fn(*args)`` for every ``(name, args)`` of ``jobs``; the results by name."""
+    def map(self, fn: Callable, jobs: list[tuple[str, tuple]], what: str = "runs",
+            budget_minutes: float | None = None) -> dict[str, JobResult]:
+        """Run ``fn(*args)`` for every ``(name, args)`` of ``jobs``; the results by name. ``budget_minutes``: start
+        no job once that many minutes have passed since the call (running ones finish); the others come back with
+        ``skipped=True``."""
         progress = Progress(len(jobs), what=what, quiet=self.quiet)
+        t0 = time.monotonic()
+
+        def over_budget() -> bool:
+            return budget_minutes is not None and (time.monotonic() - t0) / 60.0 >= budget_minutes
+
         try:
             if self.engine == "ray":
-                return self._map_ray(fn, jobs, progress)
+                return self._map_ray(fn, jobs, progress, over_budget)
             results = {}
             for name, args in jobs:
+                if over_budget():
+                    results[name] = _skipped(name)
+                    continue
                 progress.start(name)
                 try:
                     results[name] = JobResult(name, True, fn(*args))
@@ -64,7 +77,7 @@ class Pool:
         finally:
             progress.close()
 
-    def _map_ray(self, fn, jobs, progress) -> dict[str, JobResult]:
+    def _map_ray(self, fn, jobs, progress, over_budget) -> dict[str, JobResult]:
         from revbench.tasks.engine.ray_engine import WAIT_S, connected
 
         results: dict[str, JobResult] = {}
@@ -73,6 +86,11 @@ class Pool:
             queue, tries, inflight = list(jobs), {}, {}
             limit = self.parallel or 10 ** 6
             while queue or inflight:
+                if queue and over_budget():          # no new task; a retry of a started one is not new either
+                    for name, _ in queue:
+                        if name not in tries:
+                            results[name] = _skipped(name)
+                    queue = [(n, a) for n, a in queue if n in tries]
                 while queue and len(inflight) < limit:
                     name, args = queue.pop(0)
                     inflight[task.remote(*args)] = (name, args)
@@ -95,6 +113,10 @@ class Pool:
                     r = results[name]
                     progress.finish(name, "done" if r.ok else "failed", "" if r.ok else r.error.splitlines()[0])
         return results
+
+
+def _skipped(name: str) -> JobResult:
+    return JobResult(name, False, error="not started: the time budget was used", skipped=True)
 
 
 def current() -> Pool | None:

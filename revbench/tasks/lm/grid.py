@@ -145,7 +145,7 @@ def run_lm_grid(runs: list[LMRun], config: str, out_dir, overrides: dict | None 
     ``jobs=1`` trains in this process, one run after the other; ``jobs>1`` starts up to that many
     ``revbench train lm`` subprocesses at once (each run's output in ``runs/<name>/train.out``).
     ``pool`` (``revbench.tasks.engine.tasks.Pool`` with engine "ray"): each run is a task of the pool, a
-    ``revbench train lm`` child on a Ray worker (``jobs`` and the budget do not apply).
+    ``revbench train lm`` child on a Ray worker (``jobs`` does not apply; the budget does).
     ``budget_minutes``: start no new run after that many minutes (running ones finish).
     """
     overrides = dict(overrides or {})
@@ -174,9 +174,11 @@ def run_lm_grid(runs: list[LMRun], config: str, out_dir, overrides: dict | None 
         todo.append((r, cfg, d))
 
     if pool is not None and pool.remote:
-        results = pool.map(train_in_subprocess, [(r.name, (str(_write_config(cfg, d)), str(d))) for r, cfg, d in todo])
+        results = pool.map(train_in_subprocess, [(r.name, (str(_write_config(cfg, d)), str(d))) for r, cfg, d in todo],
+                           budget_minutes=budget_minutes)
         for name, res in results.items():
-            statuses[name] = {"run": name, "status": "done" if res.ok else f"failed: {res.error.splitlines()[0]}"}
+            statuses[name] = {"run": name, "status": "done" if res.ok else "skipped (budget)" if res.skipped
+                              else f"failed: {res.error.splitlines()[0]}"}
         return [statuses[r.name] for r, _, _ in plan]
 
     if jobs <= 1:

@@ -136,7 +136,7 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
     point starts once ``budget_minutes`` have passed. A completed point's ``checkpoint.pt``/``best.pt`` (model
     weights) are deleted unless ``keep_checkpoints``; its ``results.json`` and ``test.hyp.txt`` stay. ``pool``
     (default ``revbench.tasks.engine.tasks.current()``) with engine "ray": every point still to train is a Ray task
-    (the budget does not apply), then the report is written as before."""
+    (none starts once the budget is used), then the report is written as before."""
     from revbench.measure.environment import environment_info
 
     out = Path(out_dir)
@@ -170,7 +170,7 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
     pending = [p for p in pts if force or status[p.id] in ("new", "stale")]
     if pool is not None and pool.remote:            # every point still to train is a task of the pool
         remote = pool.map(_remote_point, [(p.id, (config_name, overrides, p, str(out), data_dir, force,
-                                                  keep_checkpoints)) for p in pending])
+                                                  keep_checkpoints)) for p in pending], budget_minutes=budget_minutes)
     trained = 0
     for p in pts:
         e = entries[p.id]
@@ -180,6 +180,8 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
         if p.id in remote:
             if remote[p.id].ok:
                 e.update(_point_entry(json.loads(done.read_text())), status="completed")
+            elif remote[p.id].skipped:
+                e["status"] = f"not started: the time budget of {budget_minutes:g} min was used"
             else:
                 e["status"] = f"failed: {remote[p.id].error.splitlines()[0]}"
             continue
