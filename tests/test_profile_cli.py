@@ -60,13 +60,17 @@ def test_profile_floor(tmp_path, capsys):
     names = [p["weight"] for p in floor["products"]]
     assert names == ["cells.0.w1_x", "cells.0.w1_h", "cells.0.w2_x", "cells.0.w2_h", "decoder.weight"]
     for m in ("bptt", "reversible"):
-        total = sum(p["seconds"][k] * p["per_time_step"][m][k] for p in floor["products"] for k in p["seconds"])
+        total = sum(p["seconds"][k] * p["per_time_step"][m][k] for p in floor["products"] for k in p["per_time_step"][m])
         assert floor["methods"][m]["floor_s"] == pytest.approx(3 * total, rel=1e-12)
         assert 0 < floor["methods"][m]["output_layer_s"] < floor["methods"][m]["floor_s"]
     cell = floor["products"][0]["per_time_step"]
     assert cell["bptt"]["forward"] == 1 and cell["reversible"]["forward"] == 2
     assert floor["products"][-1]["per_time_step"]["reversible"]["forward"] == 1     # its forward pass skips it
     assert all(p["rows"] == 2 and all(v > 0 for v in p["seconds"].values()) for p in floor["products"])
+    for p in floor["products"]:     # the faster layout of the weight gradient is the one counted
+        s = p["seconds"]
+        assert s["weight_grad"] == min(s["weight_grad_row_major"], s["weight_grad_transposed"])
+    assert "output weight gradient: row-major" in out
 
 
 def test_profile_a_method_that_cannot_run_the_cell(capsys):

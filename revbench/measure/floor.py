@@ -53,10 +53,11 @@ def product_times(out_features: int, in_features: int, rows: int, bias: bool, dt
     grad_rows = torch.zeros(out_features, in_features, dtype=dtype)
     grad_cols = torch.zeros(in_features, out_features, dtype=dtype)      # the transposed layout, seen as [out, in]
     fwd = (lambda: torch.addmm(b, x, w.t())) if bias else (lambda: torch.mm(x, w.t()))
+    rows_s = _timed(lambda: grad_rows.addmm_(gy.t(), x), repeats, calls)
+    cols_s = _timed(lambda: grad_cols.addmm_(x.t(), gy), repeats, calls)
     return {"forward": _timed(fwd, repeats, calls),
             "input_grad": _timed(lambda: torch.mm(gy, w), repeats, calls),
-            "weight_grad": min(_timed(lambda: grad_rows.addmm_(gy.t(), x), repeats, calls),
-                               _timed(lambda: grad_cols.addmm_(x.t(), gy), repeats, calls))}
+            "weight_grad": min(rows_s, cols_s), "weight_grad_row_major": rows_s, "weight_grad_transposed": cols_s}
 
 
 def _cell_weights(model) -> list[tuple[str, int, int, bool]]:
@@ -101,6 +102,9 @@ def matmul_floor(model, seq_len: int, batch_size: int, repeats: int = 5, calls: 
 def format_floor(floor: dict, walls: dict) -> str:
     """Lines for ``revbench profile --floor``: each method's floor beside its measured step and the fused step's."""
     fused = walls.get("bptt-fused")
+    out = floor["products"][-1]["seconds"]
+    layouts = (f"output weight gradient: row-major {out['weight_grad_row_major'] * 1e6:.0f} us, transposed "
+               f"{out['weight_grad_transposed'] * 1e6:.0f} us per step")
     lines = ["", f"matrix-product floor ({floor['timer']}): T = {floor['seq_len']}, {floor['batch_size']} rows per "
              "product; the step if everything but its products were free",
              f"{'method':<12} {'floor ms':>9} {'of which output':>16} {'measured ms':>12} {'floor/measured':>15} "
@@ -110,4 +114,4 @@ def format_floor(floor: dict, walls: dict) -> str:
         lines.append(f"{m:<12} {f['floor_s'] * 1e3:9.1f} {f['output_layer_s'] * 1e3:16.1f} "
                      f"{(wall or float('nan')) * 1e3:12.1f} {f['floor_s'] / wall if wall else float('nan'):15.2f} "
                      f"{f['floor_s'] / fused if fused else float('nan'):12.2f}")
-    return "\n".join(lines)
+    return "\n".join(lines + [layouts])
