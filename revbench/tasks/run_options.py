@@ -1,7 +1,7 @@
 """Checks of what every training run is given besides its model: the seed, the device, the method's options, how
 often to checkpoint. Each raises a ``ValueError`` naming the value and what is wrong; the command line's argument
-types (``revbench.cli.options``) call the same checks. Nothing heavy is imported here (the CLI uses it while
-parsing)."""
+types (``revbench.cli.options``) call the same checks. ``same_config`` tells the grids whether a finished run was
+made with the configuration asked for. Nothing heavy is imported here (the CLI uses it while parsing)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,13 @@ SEED_MAX = 2**32 - 1
 ``seed * 1000003 + epoch``) then stays inside what ``torch.manual_seed`` accepts."""
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+
+
+def same_config(saved: dict, wanted: dict, ignore=frozenset()) -> bool:
+    """True when a finished run's saved configuration equals the one asked for, field by field, apart from the
+    run-control fields in ``ignore`` (the grids use it to tell a finished run from a stale one)."""
+    return isinstance(saved, dict) and all(saved.get(k) == wanted.get(k) for k in set(saved) | set(wanted)
+                                           if k not in ignore)
 
 
 def check_seed(seed, name: str = "seed") -> int:

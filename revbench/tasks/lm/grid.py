@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from revbench.tasks.cells import CELL_LABEL, FORGETTING_CELLS, LIMITS_DEFAULT
+from revbench.tasks.run_options import same_config
 
 
 CELLS_DEFAULT = ("lstm", "revlstm", "gru", "revgru")
@@ -90,21 +91,18 @@ def run_config(run: LMRun, config: str, overrides: dict):
                                  "method": run.method})
 
 
-def _same_config(a: dict, b: dict) -> bool:
-    from revbench.tasks.lm.configs import RUN_CONTROL_FIELDS
-    return all(a.get(k) == b.get(k) for k in set(a) | set(b) if k not in RUN_CONTROL_FIELDS)
-
-
 def run_status(run_dir: Path, cfg) -> str:
     """"done" (result.json with this configuration), "partial" (a checkpoint), "stale" (a result made with
     another configuration) or "new"."""
+    from revbench.tasks.lm.configs import RUN_CONTROL_FIELDS
+
     res = run_dir / "result.json"
     if res.exists():
         try:
             saved = json.loads(res.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError):
             return "stale"
-        if _same_config(saved, cfg.to_dict()) and saved.get("epochs") == cfg.epochs:
+        if same_config(saved, cfg.to_dict(), RUN_CONTROL_FIELDS) and saved.get("epochs") == cfg.epochs:
             return "done"
         return "stale"
     return "partial" if (run_dir / "checkpoint.pt").exists() else "new"

@@ -15,6 +15,7 @@ from revbench.tasks.nmt.grid_report import write_grid_report
 from revbench.tasks.nmt.step_memory import MEMORY_METHODS, point_memory
 from revbench.tasks.nmt.train import BEST, CHECKPOINT, RESULTS, json_default, train
 from revbench.tasks.engine.tasks import current as current_pool
+from revbench.tasks.run_options import same_config
 from revbench.util.atomic import atomic_write_json
 
 
@@ -82,9 +83,7 @@ def point_status(run_dir: Path, cfg) -> str:
         saved = res["config"]
     except (OSError, ValueError, KeyError, TypeError):
         return "stale"
-    want = dataclasses.asdict(cfg)
-    if not isinstance(saved, dict) or any(saved.get(k) != want.get(k) for k in set(saved) | set(want)
-                                          if k not in RUN_CONTROL):
+    if not same_config(saved, dataclasses.asdict(cfg), RUN_CONTROL):
         return "stale"
     return "done" if "memory" in res else "partial"
 
@@ -119,7 +118,7 @@ def _remote_point(config_name: str, overrides: dict, p: GridPoint, out: str, dat
     """One grid point as a task of an engine's pool (its own corpus, quiet): trained, measured, written."""
     run_dir = Path(out) / "runs" / p.id
     cfg = _point_config(config_name, overrides, p)
-    if force or point_status(run_dir, cfg) == "stale":
+    if force:                         # also for a stale point: the driver decided that
         _clear_point(run_dir)
     corpus = load_corpus(make_config(config_name, **overrides), data_dir)
     res = train(cfg, run_dir, resume=(run_dir / CHECKPOINT).exists(), corpus=corpus, log=lambda *a, **k: None)
@@ -169,8 +168,10 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
             log(f"  {p.id}: results were made with another configuration: retraining")
     pending = [p for p in pts if force or status[p.id] in ("new", "stale")]
     if pool is not None and pool.remote:            # every point still to train is a task of the pool
-        remote = pool.map(_remote_point, [(p.id, (config_name, overrides, p, str(out), data_dir, force,
-                                                  keep_checkpoints)) for p in pending], budget_minutes=budget_minutes)
+        remote = pool.map(_remote_point, [(p.id, (config_name, overrides, p, str(out), data_dir,
+                                                  force or status[p.id] == "stale", keep_checkpoints))
+                                          for p in pending], budget_minutes=budget_minutes)
+    over_budget = None if budget_minutes is None else f"not started: the time budget of {budget_minutes:g} min was used"
     trained = 0
     for p in pts:
         e = entries[p.id]
@@ -181,7 +182,7 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
             if remote[p.id].ok:
                 e.update(_point_entry(json.loads(done.read_text())), status="completed")
             elif remote[p.id].skipped:
-                e["status"] = f"not started: the time budget of {budget_minutes:g} min was used"
+                e["status"] = over_budget
             else:
                 e["status"] = f"failed: {remote[p.id].error.splitlines()[0]}"
             continue
@@ -191,7 +192,7 @@ def reproduce(config_name: str, out_dir, points=None, data_dir=None, budget_minu
                 e.update(_point_entry(res), status="completed (earlier session)")
                 continue
         elif budget_minutes is not None and (time.perf_counter() - t0) / 60 > budget_minutes:
-            e["status"] = f"not started: the time budget of {budget_minutes:g} min was used"
+            e["status"] = over_budget
             continue
         else:
             if force or status[p.id] == "stale":
